@@ -1,0 +1,18 @@
+"""fusedgan: fused BatchNorm+activation and Conv2d+LeakyReLU kernels for GAN training."""
+
+__version__ = "0.1.0"
+
+from fusedgan import functional
+from fusedgan._backends import BackendUnavailableError, available_backends, backend_status
+from fusedgan.autograd import BatchNormActFunction
+from fusedgan.modules import FusedBNLeakyReLU, FusedBNReLU
+
+__all__ = [
+    "BackendUnavailableError",
+    "BatchNormActFunction",
+    "FusedBNLeakyReLU",
+    "FusedBNReLU",
+    "available_backends",
+    "backend_status",
+    "functional",
+]

@@ -1,0 +1,119 @@
+"""Which backend runs an op: "auto" | "triton" | "cuda" | "cpu" | "torch".
+
+A backend is a module with the same functions (bn_act_forward, bn_act_backward, ...).
+"auto" picks, by the tensor's device: CUDA tensors -> "cuda", else "triton", else
+"torch"; CPU tensors -> "cpu", else "torch". It never picks Triton on the CPU (only its
+interpreter runs there). FUSEDGAN_BACKEND overrides "auto". A backend asked for by name
+that cannot run raises BackendUnavailableError saying why and how to get it.
+"""
+
+import functools
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
+ENV_VAR = "FUSEDGAN_BACKEND"
+
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend asked for by name cannot run on the given device."""
+
+
+def check_backend_name(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+@functools.cache
+def _import_triton_backend():
+    """(module, None) or (None, why it cannot be imported)."""
+    try:
+        return importlib.import_module("fusedgan.triton"), None
+    except Exception as error:  # ImportError, or a Triton too old/broken to compile our kernels
+        return None, f"Triton could not be imported ({type(error).__name__}: {error}); pip install triton"
+
+
+def _triton_interpreted():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _extension():
+    from fusedgan import _extension
+
+    return _extension
+
+
+def why_unusable(backend, device_type):
+    """None if `backend` can run on tensors of `device_type`, else the reason and the fix."""
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        _, why = _import_triton_backend()
+        if why:
+            return why
+        if device_type == "cuda" and not torch.cuda.is_available():
+            return "no CUDA GPU is available to this process"
+        if device_type == "cpu" and not _triton_interpreted():
+            return ("Triton runs on CPU tensors only through its interpreter: set TRITON_INTERPRET=1 "
+                    "before triton is imported (slow; for tests), or use backend='cpu' or 'torch'")
+        if device_type not in ("cpu", "cuda"):
+            return f"Triton kernels run on cuda tensors, not {device_type}"
+        return None
+    if backend in ("cpu", "cuda"):
+        if device_type != backend:
+            return f"the {backend!r} backend runs on {backend} tensors, not {device_type} tensors"
+        if backend == "cuda" and not torch.cuda.is_available():
+            return "no CUDA GPU is available to this process"
+        return _extension().why_unusable(backend)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+@functools.cache
+def _resolve(backend, device_type, override):
+    if backend == "auto" and override:
+        backend = check_backend_name(override) if override != "auto" else "auto"
+    if backend == "auto":
+        for candidate in _AUTO_ORDER.get(device_type, ("torch",)):
+            if why_unusable(candidate, device_type) is None:
+                return candidate
+    why = why_unusable(backend, device_type)
+    if why is not None:
+        source = f" (from {ENV_VAR})" if override and backend == override else ""
+        raise BackendUnavailableError(
+            f"fusedgan backend {backend!r}{source} cannot run on {device_type} tensors: {why}")
+    return backend
+
+
+def resolve_backend(backend, device):
+    """The name of the backend that runs for `backend` on `device` (a torch.device)."""
+    return _resolve(backend, device.type, os.environ.get(ENV_VAR, ""))
+
+
+def backend_module(name):
+    if name == "torch":
+        from fusedgan import reference
+
+        return reference
+    if name == "triton":
+        return _import_triton_backend()[0]
+    return _extension().ops(name)
+
+
+def backend_status():
+    """{backend: None if usable on some device of this process, else why not}."""
+    status = {}
+    for name in BACKENDS[1:]:
+        devices = ("cuda", "cpu") if name == "triton" else ((name,) if name in ("cpu", "cuda") else ("cpu",))
+        reasons = [why_unusable(name, device) for device in devices]
+        status[name] = None if None in reasons else "; ".join(dict.fromkeys(reasons))
+    return status
+
+
+def available_backends():
+    """The backends usable in this process, in the order "auto" prefers them."""
+    return [name for name, why in backend_status().items() if why is None]

@@ -1,0 +1,105 @@
+"""Functional API: argument checks, running statistics, and the call into autograd."""
+
+import math
+import numbers
+
+import torch
+
+from fusedgan._activation import IDENTITY, activation_code
+from fusedgan._backends import check_backend_name, resolve_backend
+from fusedgan.autograd import BatchNormActFunction
+
+__all__ = ["batch_norm_act"]
+
+_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_input(input, name="input"):
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() < 2:
+        raise ValueError(f"{name} must have shape (N, C, *) with at least 2 dimensions, got {input.dim()}D input "
+                         f"of shape {tuple(input.shape)}")
+    if input.dtype not in _FLOATING:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {input.dtype}")
+
+
+def _check_channel_tensor(tensor, name, input):
+    """A per-channel (C,) tensor on input's device, in input's dtype or (for fp16/bf16 inputs) fp32."""
+    if tensor is None:
+        return
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(tensor).__name__}")
+    C = input.shape[1]
+    if tensor.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},), one value per channel of input {tuple(input.shape)}, "
+                         f"got {tuple(tensor.shape)}")
+    if tensor.device != input.device:
+        raise ValueError(f"{name} is on {tensor.device} but input is on {input.device}; move both to one device")
+    allowed = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
+    if tensor.dtype not in allowed:
+        raise TypeError(f"{name} must have dtype {' or '.join(map(str, allowed))} for a {input.dtype} input, "
+                        f"got {tensor.dtype}")
+
+
+def _check_scalar(value, name, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def _update_running_stats(running_mean, running_var, mean, var, count, momentum):
+    # As stock: momentum * batch + (1 - momentum) * running, with the unbiased variance.
+    # momentum may be a tensor (the cumulative average 1 / num_batches_tracked), so no
+    # value is read back to the host.
+    with torch.no_grad():
+        unbiased = var * (count / (count - 1))
+        for running, batch in ((running_mean, mean), (running_var, unbiased)):
+            if running is not None:
+                running.copy_(momentum * batch + (1 - momentum) * running)
+
+
+def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                   eps=1e-5, activation="relu", negative_slope=0.01, *, backend="auto"):
+    """act(batch_norm(input)) in one fused op; the arguments of torch.nn.functional.batch_norm.
+
+    activation is "relu", "leaky_relu" (with negative_slope) or "identity". When training,
+    the batch statistics normalise the input and update running_mean / running_var in
+    place (if given), as stock does; otherwise the running statistics are used.
+    """
+    _check_input(input)
+    for tensor, name in ((running_mean, "running_mean"), (running_var, "running_var"),
+                         (weight, "weight"), (bias, "bias")):
+        _check_channel_tensor(tensor, name, input)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    if not training and running_mean is None:
+        raise ValueError("running_mean and running_var are required when training=False")
+    act = activation_code(activation)
+    _check_scalar(eps, "eps", minimum=0)
+    _check_scalar(negative_slope, "negative_slope")
+    if not isinstance(momentum, torch.Tensor):
+        _check_scalar(momentum, "momentum")
+    check_backend_name(backend)
+
+    C = input.shape[1]
+    count = input.numel() // C if C else 0
+    if training and count == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    # An empty batch takes the reference path (the kernels launch over rows): as stock, an
+    # empty output and unchanged running statistics.
+    name = "torch" if input.numel() == 0 else resolve_backend(backend, input.device)
+    slope = 1.0 if act == IDENTITY else float(negative_slope)
+    param_dtype = running_mean.dtype if running_mean is not None else input.dtype
+    if weight is None:
+        weight = torch.ones(C, device=input.device, dtype=param_dtype)
+    if bias is None:
+        bias = torch.zeros(C, device=input.device, dtype=weight.dtype)
+    if weight.dtype != bias.dtype:
+        raise TypeError(f"weight and bias must have one dtype, got {weight.dtype} and {bias.dtype}")
+    output, mean, var = BatchNormActFunction.apply(
+        input, weight, bias, running_mean, running_var, bool(training), float(eps), act, slope, name)
+    if training and running_mean is not None and count > 0:
+        _update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    return output

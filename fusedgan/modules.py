@@ -1,0 +1,71 @@
+"""Drop-in nn.Modules: the parameters, buffers and state_dict keys of the stock layers."""
+
+from torch import nn
+
+from fusedgan._backends import check_backend_name
+from fusedgan.functional import batch_norm_act
+
+__all__ = ["FusedBNReLU", "FusedBNLeakyReLU"]
+
+
+class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm{1,2,3}d followed by an activation, for inputs (N, C, *) of rank 2 to 5.
+
+    A subclass of nn.modules.batchnorm._BatchNorm: weight, bias, running_mean,
+    running_var and num_batches_tracked are the stock ones, so stock state_dicts load
+    and code that finds BatchNorm layers with isinstance finds these.
+    """
+
+    activation = "relu"
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 device=None, dtype=None, *, backend="auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.backend = check_backend_name(backend)
+
+    def _check_input_dim(self, input):
+        if input.dim() not in (2, 3, 4, 5):
+            raise ValueError(f"expected 2D to 5D input (N, C, *), got {input.dim()}D input")
+
+    def _negative_slope(self):
+        return 0.0
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        # As nn.modules.batchnorm._BatchNorm.forward, except that momentum=None's
+        # cumulative average stays a tensor (no host synchronisation).
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / self.num_batches_tracked
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        return batch_norm_act(
+            input, self.running_mean if track else None, self.running_var if track else None,
+            self.weight, self.bias, use_batch_stats, momentum, self.eps,
+            activation=self.activation, negative_slope=self._negative_slope(), backend=self.backend)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, backend={self.backend!r}"
+
+
+class FusedBNReLU(_FusedBatchNormAct):
+    """Drop-in for nn.Sequential(nn.BatchNorm2d(C), nn.ReLU()) (and the 1d/3d forms)."""
+
+
+class FusedBNLeakyReLU(_FusedBatchNormAct):
+    """Drop-in for nn.Sequential(nn.BatchNorm2d(C), nn.LeakyReLU(negative_slope))."""
+
+    activation = "leaky_relu"
+
+    def __init__(self, num_features, negative_slope=0.01, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, device=None, dtype=None, *, backend="auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, backend=backend)
+        self.negative_slope = negative_slope
+
+    def _negative_slope(self):
+        return self.negative_slope
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"

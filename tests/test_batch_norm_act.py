@@ -1,0 +1,323 @@
+"""FusedBNReLU / FusedBNLeakyReLU against stock BatchNorm{1,2,3}d + ReLU/LeakyReLU.
+
+Tolerances (GUIDE §4): fp32 against a float64 reference, relative error (norm) under
+1e-5; fp16/bf16 at most twice stock PyTorch's own error at that precision against the
+same float64 reference (plus 1e-6 so a bit-exact stock result does not demand zero).
+
+dweight and dbias are sums over N*H*W terms whose total can cancel to nearly zero
+(C=1 makes that a single scalar), while the rounding error of any summation order is
+bounded by eps * sum(|terms|). Their error is therefore measured relative to the
+larger of the norm of the result and the norm of the per-channel sums of |terms|:
+the condition-aware form of the same relative error.
+"""
+
+import pytest
+import torch
+from _helpers import as_stock_copy, randomize_affine, rel_err, stock_bn_act
+
+import fusedgan
+from fusedgan import FusedBNLeakyReLU, FusedBNReLU
+from fusedgan.triton import batch_norm_act as triton_bn
+
+FP32_TOL = 1e-5
+
+
+def make_fused(C, activation, slope, backend, device, param_dtype=torch.float32, **kwargs):
+    if activation == "relu":
+        module = FusedBNReLU(C, backend=backend, **kwargs)
+    else:
+        module = FusedBNLeakyReLU(C, slope, backend=backend, **kwargs)
+    return randomize_affine(module).to(device=device, dtype=param_dtype)
+
+
+def _bn(module):
+    return module[0] if isinstance(module, torch.nn.Sequential) else module
+
+
+def random_steps(shape, device, steps):
+    """Inputs (float64) and output gradients for `steps` training steps and one eval step."""
+    xs = [torch.randn(shape, dtype=torch.float64, device=device) * 2 + 0.5 for _ in range(steps + 1)]
+    return xs, [torch.randn(shape, dtype=torch.float64, device=device) for _ in xs]
+
+
+def run_steps(module, stock, xs, grads, dtype, channels_last=False, make_input=None, training=True):
+    """Run a step per (x, grad), in train or eval mode; yield (what, module's value, the
+    float64 stock reference's value[, sum of |terms| for reductions]) for outputs,
+    gradients and buffers."""
+    memory_format = torch.channels_last if xs[0].dim() == 4 else torch.channels_last_3d
+    module.train(training)
+    stock.train(training)
+    for step, (x, grad) in enumerate(zip(xs, grads)):
+        step = f"{'train' if training else 'eval'} {step}"
+        if channels_last:
+            x = x.to(memory_format=memory_format)
+        x_test = x.to(dtype)
+        if make_input is not None:  # a view with other strides (detach keeps them)
+            x_test = make_input(x_test)
+        x_test = x_test.detach().requires_grad_()
+        x_ref = x_test.detach().double().requires_grad_()
+        y = module(x_test)
+        y_ref = stock(x_ref)
+        assert y.dtype == dtype and y.shape == y_ref.shape
+        if channels_last:
+            assert y.is_contiguous(memory_format=memory_format)
+        y.backward(grad.to(dtype))
+        y_ref.backward(grad)
+        yield f"step {step} output", y, y_ref
+        yield f"step {step} grad input", x_test.grad, x_ref.grad
+        bn, bn_ref = _bn(module), _bn(stock)
+        if bn_ref.weight is not None:
+            dims = [0] + list(range(2, x.dim()))
+            if bn_ref.training or bn_ref.running_mean is None:
+                var, mean = torch.var_mean(x_ref.detach(), dims, correction=0)
+            else:
+                mean, var = bn_ref.running_mean, bn_ref.running_var
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            xhat = (x_ref.detach() - mean.view(shape)) * torch.rsqrt(var + bn_ref.eps).view(shape)
+            yield f"step {step} grad weight", bn.weight.grad, bn_ref.weight.grad, (grad * xhat).abs().sum(dims)
+            yield f"step {step} grad bias", bn.bias.grad, bn_ref.bias.grad, grad.abs().sum(dims)
+            module.zero_grad()
+            stock.zero_grad()
+        if bn_ref.running_mean is not None:
+            yield f"step {step} running_mean", bn.running_mean, bn_ref.running_mean
+            yield f"step {step} running_var", bn.running_var, bn_ref.running_var
+            assert bn.num_batches_tracked.item() == bn_ref.num_batches_tracked.item()
+
+
+def assert_matches_fp64(fused, stock, shape, device, steps=2, channels_last=False, make_input=None):
+    xs, grads = random_steps(shape, device, steps)
+    for training, begin, end in ((True, 0, steps), (False, steps, steps + 1)):
+        results = run_steps(fused, stock, xs[begin:end], grads[begin:end], torch.float32, channels_last, make_input,
+                            training)
+        for what, actual, expected, *terms in results:
+            assert torch.isfinite(actual).all(), f"{what}: non-finite values (an unwritten element?)"
+            err = rel_err(actual, expected, *terms)
+            assert err < FP32_TOL, f"{what}: relative error {err:.2e}"
+
+
+def within_one_ulp(actual, expected):
+    ulp = torch.finfo(actual.dtype).eps * expected.double().abs()
+    return bool(((actual.double() - expected.double()).abs() <= ulp).all())
+
+
+SHAPES = [
+    (5, 1, 7, 3),          # C=1
+    (4, 3, 5, 5),          # C=3, the RGB case
+    (3, 7, 11, 13),        # primes
+    (6, 12, 10, 6),        # non-powers of two
+    (9, 5, 1, 1),          # H*W = 1 with N > 1
+    (1, 4, 9, 7),          # N = 1 with H*W > 1
+    (2, 300, 3, 3),        # a large C
+    (3, 2, 90, 80),        # slice of 21600 > one-pass limit: the tiled two-stage path
+    (8, 6),                # BatchNorm1d (N, C)
+    (4, 5, 17),            # BatchNorm1d (N, C, L)
+    (2, 3, 4, 5, 3),       # BatchNorm3d
+]
+ACTIVATIONS = [("relu", 0.0), ("leaky_relu", 0.01), ("leaky_relu", 0.2), ("leaky_relu", 0.0)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("activation,slope", ACTIVATIONS, ids=lambda a: str(a))
+def test_matches_stock_fp32(device_backend, shape, activation, slope):
+    device, backend = device_backend
+    fused = make_fused(shape[1], activation, slope, backend, device)
+    stock = as_stock_copy(fused, len(shape), activation, slope)
+    assert_matches_fp64(fused, stock, shape, device)
+
+
+def test_tiled_path_is_taken_by_the_large_shape():
+    plan = triton_bn._Plan(3 * 90 * 80, 2, (2 * 90 * 80, 1, 90 * 80), torch.device("cpu"))
+    assert not plan.one_pass and plan.n_splits > 1
+    plan = triton_bn._Plan(4 * 25, 3, (75, 1, 25), torch.device("cpu"))
+    assert plan.one_pass
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (3, 2, 90, 80), (2, 3, 4, 5, 3)], ids=str)
+def test_channels_last(device_backend, shape):
+    device, backend = device_backend
+    fused = make_fused(shape[1], "leaky_relu", 0.2, backend, device)
+    stock = as_stock_copy(fused, len(shape), "leaky_relu", 0.2)
+    assert_matches_fp64(fused, stock, shape, device, channels_last=True)
+
+
+@pytest.mark.parametrize("view", ["channel_slice", "spatial_slice", "transposed", "batch_slice"])
+def test_non_contiguous_views(device_backend, view):
+    device, backend = device_backend
+    make_view = {
+        "channel_slice": lambda x: torch.stack([x, x], 2).flatten(1, 2)[:, ::2],
+        "spatial_slice": lambda x: torch.stack([x, x], 4).flatten(3, 4)[..., 1::2],
+        "transposed": lambda x: x.transpose(2, 3).contiguous().transpose(2, 3),
+        "batch_slice": lambda x: torch.stack([x, x], 1).flatten(0, 1)[::2],
+    }[view]
+    fused = make_fused(5, "relu", 0.0, backend, device)
+    stock = as_stock_copy(fused, 4, "relu", 0.0)
+
+    def make_input(x):
+        view_of_x = make_view(x)
+        assert not view_of_x.is_contiguous() and torch.equal(view_of_x, x)
+        return view_of_x
+
+    assert_matches_fp64(fused, stock, (4, 5, 6, 7), device, make_input=make_input)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("param_dtype", ["fp32", "same"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (3, 2, 90, 80)], ids=str)
+def test_low_precision_within_twice_stock_error(device_backend, dtype, param_dtype, channels_last, shape):
+    device, backend = device_backend
+    param_dtype = torch.float32 if param_dtype == "fp32" else dtype
+    fused = make_fused(shape[1], "leaky_relu", 0.2, backend, device, param_dtype=param_dtype)
+    stock_low = as_stock_copy(fused, len(shape), "leaky_relu", 0.2, dtype=param_dtype)
+    references = [as_stock_copy(fused, len(shape), "leaky_relu", 0.2) for _ in range(2)]
+    xs, grads = random_steps(shape, device, 2)
+
+    def compare(xs, grads, training):
+        ours = list(run_steps(fused, references[0], xs, grads, dtype, channels_last, training=training))
+        stocks = list(run_steps(stock_low, references[1], xs, grads, dtype, channels_last, training=training))
+        for (what, actual, expected, *terms), (_, stock_value, stock_expected, *_) in zip(ours, stocks):
+            assert torch.equal(expected, stock_expected)
+            err, stock_err = rel_err(actual, expected, *terms), rel_err(stock_value, expected, *terms)
+            if "running" in what and within_one_ulp(actual, expected):
+                # C values, each rounded once to the buffer's dtype: within one ulp of the
+                # exact value is all rounding allows, however stock's happened to land.
+                continue
+            assert err <= 2 * stock_err + 1e-6, f"{what}: error {err:.2e}, stock's {stock_err:.2e}"
+
+    compare(xs[:2], grads[:2], training=True)
+    # Eval from one set of running statistics: rounding them to the buffers' dtype made
+    # ours and stock's differ in the last bit, which eval would amplify into noise.
+    for module in [fused, *references]:
+        _bn(module).load_state_dict(_bn(stock_low).state_dict())
+    compare(xs[2:], grads[2:], training=False)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.3])
+def test_momentum(device_backend, momentum):
+    device, backend = device_backend
+    fused = make_fused(3, "leaky_relu", 0.2, backend, device, momentum=momentum)
+    stock = as_stock_copy(fused, 4, "leaky_relu", 0.2, momentum=momentum)
+    assert_matches_fp64(fused, stock, (4, 3, 5, 6), device, steps=4)
+
+
+def test_affine_false(device_backend):
+    device, backend = device_backend
+    fused = make_fused(4, "relu", 0.0, backend, device, affine=False)
+    assert fused.weight is None and fused.bias is None
+    stock = as_stock_copy(fused, 4, "relu", 0.0, affine=False)
+    assert_matches_fp64(fused, stock, (3, 4, 5, 6), device)
+
+
+def test_no_running_stats_uses_batch_stats_in_eval(device_backend):
+    device, backend = device_backend
+    fused = make_fused(4, "leaky_relu", 0.2, backend, device, track_running_stats=False)
+    assert fused.running_mean is None
+    stock = as_stock_copy(fused, 4, "leaky_relu", 0.2, track_running_stats=False)
+    assert_matches_fp64(fused, stock, (3, 4, 5, 6), device)
+
+
+def test_identity_activation_matches_batch_norm(device_backend):
+    device, backend = device_backend
+    x = torch.randn(4, 3, 5, 6, device=device, dtype=torch.float64).float()
+    w, b = torch.rand(3, device=device) + 0.5, torch.randn(3, device=device)
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+    rm_ref, rv_ref = rm.double(), rv.double()
+    y = fusedgan.functional.batch_norm_act(x, rm, rv, w, b, True, 0.1, 1e-5, activation="identity", backend=backend)
+    y_ref = torch.nn.functional.batch_norm(x.double(), rm_ref, rv_ref, w.double(), b.double(), True, 0.1, 1e-5)
+    assert rel_err(y, y_ref) < FP32_TOL
+    assert rel_err(rm, rm_ref) < FP32_TOL and rel_err(rv, rv_ref) < FP32_TOL
+
+
+def test_float64_gradcheck(device_backend):
+    device, backend = device_backend
+    x = torch.randn(3, 2, 3, 2, device=device, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(2, device=device, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(2, device=device, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return fusedgan.functional.batch_norm_act(x, None, None, w, b, True, activation="leaky_relu",
+                                                  negative_slope=0.2, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    rm = torch.randn(2, device=device, dtype=torch.float64)
+    rv = torch.rand(2, device=device, dtype=torch.float64) + 0.5
+
+    def fn_eval(x, w, b):
+        return fusedgan.functional.batch_norm_act(x, rm, rv, w, b, False, activation="relu", backend=backend)
+
+    assert torch.autograd.gradcheck(fn_eval, (x, w, b))
+
+
+def test_bitwise_repeatable(device_backend):
+    device, backend = device_backend
+    x = torch.randn(3, 2, 90, 80, device=device, requires_grad=True)
+    fused = make_fused(2, "leaky_relu", 0.2, backend, device)
+    grad = torch.randn_like(x)
+    results = []
+    for _ in range(2):
+        x.grad = None
+        fused.zero_grad()
+        y = fused(x)
+        y.backward(grad)
+        results.append((y, x.grad, fused.weight.grad, fused.bias.grad))
+    for first, second in zip(*results):
+        assert torch.equal(first, second)
+
+
+def test_nan_and_inf_propagate_as_stock(device_backend):
+    device, backend = device_backend
+    for activation, slope in [("relu", 0.0), ("leaky_relu", 0.2)]:
+        fused = make_fused(3, activation, slope, backend, device)
+        stock = as_stock_copy(fused, 4, activation, slope, dtype=torch.float32)
+        x = torch.randn(4, 3, 5, 5, device=device)
+        x[0, 0, 0, 0] = float("nan")
+        x[1, 1, 2, 2] = float("inf")
+        y, y_ref = fused(x), stock(x)
+        assert torch.equal(torch.isnan(y), torch.isnan(y_ref))
+        finite = torch.isfinite(y_ref)
+        assert torch.allclose(y[finite], y_ref[finite], rtol=1e-5, atol=1e-6)
+        fused.eval()
+        stock.eval()
+        x_eval = torch.randn(4, 3, 5, 5, device=device)
+        x_eval[0, 2, 1, 1] = -float("inf")
+        x_eval[2, 0, 3, 3] = float("inf")
+        assert torch.allclose(fused(x_eval), stock(x_eval), rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_empty_batch_as_stock(device_backend):
+    device, backend = device_backend
+    fused = make_fused(3, "relu", 0.0, backend, device)
+    stock = as_stock_copy(fused, 4, "relu", 0.0, dtype=torch.float32)
+    x = torch.randn(0, 3, 4, 4, device=device, requires_grad=True)
+    y, y_ref = fused(x), stock(x)
+    assert y.shape == y_ref.shape == (0, 3, 4, 4)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(fused.weight.grad, torch.zeros_like(fused.weight))
+    assert torch.equal(fused.running_mean, stock[0].running_mean)
+    assert torch.equal(fused.running_var, stock[0].running_var)
+    assert fused.num_batches_tracked.item() == stock[0].num_batches_tracked.item() == 1
+
+
+def test_state_dict_exchange_with_batchnorm2d():
+    stock = stock_bn_act(4, 6)
+    randomize_affine(stock[0])
+    stock.train()
+    stock(torch.randn(4, 6, 3, 3))  # non-trivial running statistics
+    fused = FusedBNLeakyReLU(6, 0.2)
+    assert set(fused.state_dict()) == set(stock[0].state_dict())
+    fused.load_state_dict(stock[0].state_dict())
+    for key, value in stock[0].state_dict().items():
+        assert torch.equal(fused.state_dict()[key], value)
+    back = torch.nn.BatchNorm2d(6)
+    back.load_state_dict(fused.state_dict())
+    for key, value in fused.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value)
+
+
+def test_is_a_batchnorm_and_drops_into_sequential():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), FusedBNReLU(8), torch.nn.Conv2d(8, 4, 3), FusedBNLeakyReLU(4))
+    found = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(found) == 2
+    assert model(torch.randn(2, 3, 9, 9)).shape == (2, 4, 5, 5)
+    assert "negative_slope=0.01" in repr(model[3]) and "backend='auto'" in repr(model[1])
