@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from fusedgan import functional
+from fusedgan import _extension, functional  # noqa: F401  (_extension: load _C, warn once)
 from fusedgan._backends import BackendUnavailableError, available_backends, backend_status
 from fusedgan.autograd import BatchNormActFunction
 from fusedgan.modules import FusedBNLeakyReLU, FusedBNReLU

@@ -1,21 +1,59 @@
-"""The C++/CUDA extension fusedgan._C: loading it, and why a backend of it cannot run."""
+"""The C++/CUDA extension fusedgan._C: loading it, its ops' fake implementations, and
+why its backends cannot run when they cannot.
+
+Importing fusedgan never fails because of the extension: if _C is missing or was built
+against another torch ("undefined symbol"), one warning says why and how to fix it, and
+"auto" falls back to Triton on GPU and the reference on CPU.
+"""
 
 import importlib
+import types
+import warnings
 
-_C = None
+import torch
+
+_OPS = ("bn_act_forward", "bn_act_backward")
+_FIX = ("reinstall fusedgan against the torch you run: pip install --no-build-isolation -e . "
+        "(see README, 'Install')")
+
 _load_error = None
 try:
-    _C = importlib.import_module("fusedgan._C")
-except ImportError as error:
-    _load_error = error
+    importlib.import_module("fusedgan._C")
+except ImportError as error:  # not built, or built against another torch
+    reason = "built against another torch" if "undefined symbol" in str(error) else "not built"
+    _load_error = f"the C++ extension fusedgan._C could not be loaded ({reason}: {error})"
+    warnings.warn(f"{_load_error}; the 'cpu' and 'cuda' backends are unavailable; to fix, {_FIX}",
+                  RuntimeWarning, stacklevel=2)
+
+
+def _has_kernel(op, dispatch_key):
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedgan::{op}", dispatch_key)
 
 
 def why_unusable(backend):
-    if _C is None:
-        return (f"the C++ extension fusedgan._C is not available ({_load_error}); "
-                "it is built by `pip install -e .` (see README)")
-    return f"fusedgan._C has no {backend} kernels"
+    if _load_error is not None:
+        return f"{_load_error}; to fix, {_FIX}"
+    if backend == "cpu" and torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        return "the C++ CPU kernels are built for x86-64 with AVX2/FMA, which this processor lacks"
+    key = "CUDA" if backend == "cuda" else "CPU"
+    if not all(_has_kernel(op, key) for op in _OPS):
+        return (f"fusedgan._C was built without {backend} kernels; rebuild with FUSEDGAN_BUILD_CUDA=1 "
+                "and nvcc on PATH (or CUDA_HOME set)")
+    return None
+
+
+if _load_error is None:
+    @torch.library.register_fake("fusedgan::bn_act_forward")
+    def _(x, weight, bias, mean, var, training, eps, act, slope):
+        stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        stats = x.new_empty(x.shape[1], dtype=stats_dtype)
+        return torch.empty_like(x), stats, torch.empty_like(stats)
+
+    @torch.library.register_fake("fusedgan::bn_act_backward")
+    def _(dy, x, weight, bias, mean, var, training, eps, act, slope):
+        return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
 
 
 def ops(backend):
-    raise RuntimeError(f"fusedgan._C has no {backend} kernels")
+    """The backend object for "cpu" and "cuda": the dispatcher picks the kernel by device."""
+    return types.SimpleNamespace(**{op: getattr(torch.ops.fusedgan, op) for op in _OPS})

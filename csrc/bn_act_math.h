@@ -1,0 +1,58 @@
+// Per-element math of BatchNorm + activation, written once for the CPU and CUDA kernels
+// (host-device functions), so the CPU tests exercise exactly what the GPU runs.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FUSEDGAN_HD __host__ __device__ __forceinline__
+#else
+#define FUSEDGAN_HD inline
+#endif
+
+namespace fusedgan {
+
+// Activation codes, as in fusedgan/_activation.py.
+enum Activation : int { kIdentity = 0, kRelu = 1, kLeakyRelu = 2 };
+
+// The same z for forward and for backward's recomputation, so the masks agree exactly.
+template <typename T>
+FUSEDGAN_HD T pre_activation(T x, T mean, T scale, T bias) {
+  return (x - mean) * scale + bias;
+}
+
+// ReLU keeps NaN and maps -inf to 0 (torch.relu); LeakyReLU is torch's z > 0 ? z : z * slope.
+template <typename T>
+FUSEDGAN_HD T activation(T z, T slope, int act) {
+  if (act == kRelu) return z < T(0) ? T(0) : z;
+  if (act == kLeakyRelu) return z > T(0) ? z : z * slope;
+  return z;
+}
+
+// The masks of torch's threshold_backward and leaky_relu_backward.
+template <typename T>
+FUSEDGAN_HD T activation_grad(T dy, T z, T slope, int act) {
+  if (act == kRelu) return z > T(0) ? dy : T(0);
+  if (act == kLeakyRelu) return z > T(0) ? dy : dy * slope;
+  return dy;
+}
+
+// dx from dz = dL/dz. Training adds the two terms from the batch statistics' dependence on x.
+template <typename T>
+FUSEDGAN_HD T grad_input(T dz, T xhat, T scale, T mean_dz, T mean_dz_xhat, bool training) {
+  return (training ? dz - mean_dz - xhat * mean_dz_xhat : dz) * scale;
+}
+
+// Chan et al.: merge the statistics (n_b, mean_b, m2_b) of one part into (n, mean, m2).
+template <typename T>
+FUSEDGAN_HD void welford_merge(T& n, T& mean, T& m2, T n_b, T mean_b, T m2_b) {
+  const T total = n + n_b;
+  if (total == T(0)) return;
+  const T delta = mean_b - mean;
+  const T frac = n_b / total;
+  mean += delta * frac;
+  m2 += m2_b + delta * delta * n * frac;
+  n = total;
+}
+
+}  // namespace fusedgan

@@ -1,0 +1,403 @@
+// BatchNorm + activation, CUDA kernels (registered for the CUDA dispatch key).
+//
+// Inputs are read in place through (n, s, c) strides, as the Triton kernels do: row
+// r = n * S + s of channel c lives at n * stride_n + s * stride_s + c * stride_c (int64).
+// One block per (channel, split of the rows):
+//  - one-pass (a single split, R <= kThreads * kItems): the block keeps its channel's
+//    slice in registers between the statistics and the output (2N bytes forward, 3N
+//    backward);
+//  - tiled: each split writes partial (count, mean, M2) or partial sums, a second kernel
+//    merges them in split order, and an elementwise kernel writes y or dx.
+// Reductions: Welford per thread, then Chan merges through warp shuffles and shared
+// memory, in a fixed order (no atomics): bitwise repeatable. Launched on the current
+// stream, with no host synchronisation.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../bn_act_math.h"
+
+namespace fusedgan {
+namespace {
+
+using at::Tensor;
+
+constexpr int kThreads = 256;
+constexpr int kItems = 16;  // values per thread kept in registers on the one-pass path
+constexpr int kWarps = kThreads / 32;
+
+struct Strides {
+  int64_t n, s, c;
+};
+
+__device__ __forceinline__ int64_t offset(int64_t r, int64_t c, int64_t S, Strides st) {
+  return (r / S) * st.n + (r % S) * st.s + c * st.c;
+}
+
+// Chan-merge (n, mean, m2) across the block; every thread gets the result.
+template <typename acc_t>
+__device__ void block_welford(acc_t& n, acc_t& mean, acc_t& m2) {
+  __shared__ acc_t sh[3][kWarps];
+  for (int delta = 16; delta > 0; delta /= 2) {
+    const acc_t n_b = __shfl_down_sync(0xffffffff, n, delta);
+    const acc_t mean_b = __shfl_down_sync(0xffffffff, mean, delta);
+    const acc_t m2_b = __shfl_down_sync(0xffffffff, m2, delta);
+    welford_merge(n, mean, m2, n_b, mean_b, m2_b);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) sh[0][warp] = n, sh[1][warp] = mean, sh[2][warp] = m2;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kWarps; ++w) welford_merge(sh[0][0], sh[1][0], sh[2][0], sh[0][w], sh[1][w], sh[2][w]);
+  }
+  __syncthreads();
+  n = sh[0][0], mean = sh[1][0], m2 = sh[2][0];
+  __syncthreads();
+}
+
+// Sum two values across the block; every thread gets the results.
+template <typename acc_t>
+__device__ void block_sum2(acc_t& a, acc_t& b) {
+  __shared__ acc_t sh[2][kWarps];
+  for (int delta = 16; delta > 0; delta /= 2) {
+    a += __shfl_down_sync(0xffffffff, a, delta);
+    b += __shfl_down_sync(0xffffffff, b, delta);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) sh[0][warp] = a, sh[1][warp] = b;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kWarps; ++w) sh[0][0] += sh[0][w], sh[1][0] += sh[1][w];
+  }
+  __syncthreads();
+  a = sh[0][0], b = sh[1][0];
+  __syncthreads();
+}
+
+template <typename scalar_t, typename acc_t, int ACT, bool ONE_PASS>
+__global__ void bn_stats_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, const acc_t* __restrict__ w,
+                                const acc_t* __restrict__ b, acc_t* __restrict__ mean_out, acc_t* __restrict__ var_out,
+                                acc_t* __restrict__ part, int64_t R, int64_t C, int64_t S, Strides xs, Strides ys,
+                                int64_t rows_per_split, acc_t eps, acc_t slope) {
+  const int64_t c = blockIdx.x, split = blockIdx.y, n_splits = gridDim.y;
+  const int64_t r_begin = split * rows_per_split, r_end = min(R, r_begin + rows_per_split);
+  acc_t n = 0, mean = 0, m2 = 0;
+  acc_t vals[ONE_PASS ? kItems : 1];
+  if (ONE_PASS) {
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      const int64_t r = r_begin + threadIdx.x + int64_t(k) * kThreads;
+      vals[k] = r < r_end ? static_cast<acc_t>(x[offset(r, c, S, xs)]) : acc_t(0);
+      if (r < r_end) welford_merge<acc_t>(n, mean, m2, 1, vals[k], 0);
+    }
+  } else {
+    for (int64_t r = r_begin + threadIdx.x; r < r_end; r += kThreads)
+      welford_merge<acc_t>(n, mean, m2, 1, static_cast<acc_t>(x[offset(r, c, S, xs)]), 0);
+  }
+  block_welford(n, mean, m2);
+  if (!ONE_PASS) {
+    if (threadIdx.x == 0) {
+      part[split * C + c] = n;
+      part[(n_splits + split) * C + c] = mean;
+      part[(2 * n_splits + split) * C + c] = m2;
+    }
+    return;
+  }
+  const acc_t var = m2 / n;
+  if (threadIdx.x == 0) mean_out[c] = mean, var_out[c] = var;
+  const acc_t scale = w[c] / sqrt(var + eps), bias = b[c];
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+    const int64_t r = r_begin + threadIdx.x + int64_t(k) * kThreads;
+    if (r < r_end)
+      y[offset(r, c, S, ys)] = static_cast<scalar_t>(activation(pre_activation(vals[k], mean, scale, bias), slope, ACT));
+  }
+}
+
+template <typename acc_t>
+__global__ void bn_stats_merge_kernel(const acc_t* __restrict__ part, acc_t* __restrict__ mean_out,
+                                      acc_t* __restrict__ var_out, int64_t C, int64_t n_splits) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  acc_t n = 0, mean = 0, m2 = 0;
+  for (int64_t i = 0; i < n_splits; ++i)
+    welford_merge(n, mean, m2, part[i * C + c], part[(n_splits + i) * C + c], part[(2 * n_splits + i) * C + c]);
+  mean_out[c] = mean;
+  var_out[c] = m2 / n;
+}
+
+template <typename scalar_t, typename acc_t, int ACT>
+__global__ void bn_act_apply_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                                    const acc_t* __restrict__ mean, const acc_t* __restrict__ var,
+                                    const acc_t* __restrict__ w, const acc_t* __restrict__ b, int64_t total, int64_t C,
+                                    int64_t S, Strides xs, Strides ys, acc_t eps, acc_t slope) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = (i / S) % C, r = (i / (S * C)) * S + i % S;
+    const acc_t scale = w[c] / sqrt(var[c] + eps);
+    const acc_t z = pre_activation<acc_t>(static_cast<acc_t>(x[offset(r, c, S, xs)]), mean[c], scale, b[c]);
+    y[offset(r, c, S, ys)] = static_cast<scalar_t>(activation(z, slope, ACT));
+  }
+}
+
+// Sums of dz and dz * xhat (dbias, dweight) for one (channel, split); one-pass also writes dx.
+template <typename scalar_t, typename acc_t, int ACT, bool ONE_PASS>
+__global__ void bn_act_grad_sums_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
+                                        scalar_t* __restrict__ dx, const acc_t* __restrict__ mean_in,
+                                        const acc_t* __restrict__ var_in, const acc_t* __restrict__ w,
+                                        const acc_t* __restrict__ b, acc_t* __restrict__ sums, int64_t R, int64_t C,
+                                        int64_t S, Strides dys, Strides xs, Strides dxs, int64_t rows_per_split,
+                                        bool training, acc_t eps, acc_t slope) {
+  const int64_t c = blockIdx.x, split = blockIdx.y, n_splits = gridDim.y;
+  const int64_t r_begin = split * rows_per_split, r_end = min(R, r_begin + rows_per_split);
+  const acc_t mean = mean_in[c], invstd = acc_t(1) / sqrt(var_in[c] + eps), scale = w[c] * invstd, bias = b[c];
+  acc_t sum_dz = 0, sum_dz_xhat = 0;
+  acc_t dzs[ONE_PASS ? kItems : 1], xhats[ONE_PASS ? kItems : 1];
+  const auto accumulate = [&](int64_t r, acc_t& dz, acc_t& xhat) {
+    const acc_t xv = static_cast<acc_t>(x[offset(r, c, S, xs)]);
+    xhat = (xv - mean) * invstd;
+    dz = activation_grad<acc_t>(static_cast<acc_t>(dy[offset(r, c, S, dys)]), pre_activation(xv, mean, scale, bias),
+                                slope, ACT);
+    sum_dz += dz;
+    sum_dz_xhat += dz * xhat;
+  };
+  if (ONE_PASS) {
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      const int64_t r = r_begin + threadIdx.x + int64_t(k) * kThreads;
+      dzs[k] = xhats[k] = 0;
+      if (r < r_end) accumulate(r, dzs[k], xhats[k]);
+    }
+  } else {
+    acc_t dz, xhat;
+    for (int64_t r = r_begin + threadIdx.x; r < r_end; r += kThreads) accumulate(r, dz, xhat);
+  }
+  block_sum2(sum_dz, sum_dz_xhat);
+  if (threadIdx.x == 0) {
+    sums[split * C + c] = sum_dz_xhat;  // rows 0 / 1 of the (2, n_splits, C) partials
+    sums[(n_splits + split) * C + c] = sum_dz;
+  }
+  if (ONE_PASS) {
+    const acc_t mean_dz = sum_dz / R, mean_dz_xhat = sum_dz_xhat / R;
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      const int64_t r = r_begin + threadIdx.x + int64_t(k) * kThreads;
+      if (r < r_end)
+        dx[offset(r, c, S, dxs)] =
+            static_cast<scalar_t>(grad_input(dzs[k], xhats[k], scale, mean_dz, mean_dz_xhat, training));
+    }
+  }
+}
+
+template <typename acc_t>
+__global__ void bn_grad_sums_merge_kernel(acc_t* __restrict__ sums, int64_t C, int64_t n_splits) {
+  // In place: row 0 of each half becomes the total over splits, added in split order.
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  acc_t dw = 0, db = 0;
+  for (int64_t i = 0; i < n_splits; ++i) dw += sums[i * C + c], db += sums[(n_splits + i) * C + c];
+  sums[c] = dw;
+  sums[n_splits * C + c] = db;
+}
+
+template <typename scalar_t, typename acc_t, int ACT>
+__global__ void bn_act_grad_input_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
+                                         scalar_t* __restrict__ dx, const acc_t* __restrict__ mean_in,
+                                         const acc_t* __restrict__ var_in, const acc_t* __restrict__ w,
+                                         const acc_t* __restrict__ b, const acc_t* __restrict__ sum_dz_xhat,
+                                         const acc_t* __restrict__ sum_dz, int64_t total, int64_t R, int64_t C,
+                                         int64_t S, Strides dys, Strides xs, Strides dxs, bool training, acc_t eps,
+                                         acc_t slope) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = (i / S) % C, r = (i / (S * C)) * S + i % S;
+    const acc_t mean = mean_in[c], invstd = acc_t(1) / sqrt(var_in[c] + eps), scale = w[c] * invstd;
+    const acc_t xv = static_cast<acc_t>(x[offset(r, c, S, xs)]);
+    const acc_t dz = activation_grad<acc_t>(static_cast<acc_t>(dy[offset(r, c, S, dys)]),
+                                            pre_activation(xv, mean, scale, b[c]), slope, ACT);
+    dx[offset(r, c, S, dxs)] = static_cast<scalar_t>(
+        grad_input(dz, (xv - mean) * invstd, scale, sum_dz[c] / R, sum_dz_xhat[c] / R, training));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------
+
+// (t, N, C, S, strides): t itself when its spatial dimensions walk with one stride.
+struct View {
+  Tensor t;
+  int64_t N, C, S;
+  Strides st;
+};
+
+View view_of(const Tensor& t_in) {
+  Tensor t = t_in;
+  int64_t stride_s = 1, expected = -1;
+  bool ok = true;
+  for (int64_t d = t.dim() - 1; d >= 2; --d) {
+    if (t.size(d) == 1) continue;
+    if (expected == -1) stride_s = t.stride(d);
+    else if (t.stride(d) != expected) ok = false;
+    expected = t.stride(d) * t.size(d);
+  }
+  if (!ok) t = t.contiguous(), stride_s = 1;
+  const int64_t N = t.size(0), C = t.size(1), S = t.numel() / std::max<int64_t>(N * C, 1);
+  return {t, N, C, S, {t.stride(0), stride_s, t.stride(1)}};
+}
+
+struct Plan {
+  bool one_pass;
+  int64_t n_splits, rows_per_split;
+};
+
+Plan plan_for(int64_t R, int64_t C, const Tensor& x) {
+  if (R <= int64_t(kThreads) * kItems) return {true, 1, R};
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
+  // Enough blocks to fill the GPU a few times over, each with at least kThreads * 4 rows.
+  int64_t n_splits = std::max<int64_t>(1, std::min<int64_t>((4 * sms + C - 1) / C, R / (kThreads * 4)));
+  n_splits = std::min<int64_t>(n_splits, 65535);
+  const int64_t rows = (R + n_splits - 1) / n_splits;
+  return {false, (R + rows - 1) / rows, rows};
+}
+
+template <typename F>
+void with_activation(int64_t act, F&& f) {
+  switch (act) {
+    case kRelu: return f(std::integral_constant<int, kRelu>{});
+    case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>{});
+    default: return f(std::integral_constant<int, kIdentity>{});
+  }
+}
+
+int elementwise_blocks(int64_t total) {
+  return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8));
+}
+
+std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cuda(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
+                                                       const std::optional<Tensor>& mean_in,
+                                                       const std::optional<Tensor>& var_in, bool training, double eps,
+                                                       int64_t act, double slope) {
+  TORCH_CHECK(x_in.dim() >= 2, "fusedgan::bn_act_forward: input must be (N, C, *), got ", x_in.dim(), "D");
+  TORCH_CHECK(training || (mean_in.has_value() && var_in.has_value()),
+              "fusedgan::bn_act_forward: running mean and var are required when not training");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const View v = view_of(x_in);
+  Tensor y = at::empty_like(v.t);
+  const View yv = view_of(y);
+  const int64_t R = v.N * v.S, C = v.C;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  Tensor mean, var;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "bn_act_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto opts = x_in.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    const Tensor w = weight.to(opts).contiguous(), b = bias.to(opts).contiguous();
+    with_activation(act, [&](auto a) {
+      constexpr int A = decltype(a)::value;
+      if (training) {
+        mean = at::empty({C}, opts);
+        var = at::empty({C}, opts);
+        if (R == 0) {
+          mean.zero_(), var.zero_();
+          return;
+        }
+        const Plan plan = plan_for(R, C, x_in);
+        const dim3 grid(C, plan.n_splits);
+        if (plan.one_pass) {
+          bn_stats_kernel<scalar_t, acc_t, A, true><<<grid, kThreads, 0, stream>>>(
+              v.t.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), w.data_ptr<acc_t>(), b.data_ptr<acc_t>(),
+              mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(), nullptr, R, C, v.S, v.st, yv.st, plan.rows_per_split,
+              static_cast<acc_t>(eps), static_cast<acc_t>(slope));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          return;
+        }
+        Tensor part = at::empty({3, plan.n_splits, C}, opts);
+        bn_stats_kernel<scalar_t, acc_t, A, false><<<grid, kThreads, 0, stream>>>(
+            v.t.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, nullptr, nullptr, part.data_ptr<acc_t>(), R, C, v.S,
+            v.st, yv.st, plan.rows_per_split, static_cast<acc_t>(eps), static_cast<acc_t>(slope));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        bn_stats_merge_kernel<acc_t><<<(C + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+            part.data_ptr<acc_t>(), mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(), C, plan.n_splits);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else {
+        mean = mean_in->to(opts, false, /*copy=*/true);
+        var = var_in->to(opts, false, /*copy=*/true);
+      }
+      const int64_t total = v.t.numel();
+      if (total == 0) return;
+      bn_act_apply_kernel<scalar_t, acc_t, A><<<elementwise_blocks(total), kThreads, 0, stream>>>(
+          v.t.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
+          w.data_ptr<acc_t>(), b.data_ptr<acc_t>(), total, C, v.S, v.st, yv.st, static_cast<acc_t>(eps),
+          static_cast<acc_t>(slope));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {y, mean, var};
+}
+
+std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cuda(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight,
+                                                        const Tensor& bias, const Tensor& mean_in, const Tensor& var_in,
+                                                        bool training, double eps, int64_t act, double slope) {
+  TORCH_CHECK(dy_in.sizes() == x_in.sizes(), "fusedgan::bn_act_backward: grad and input shapes differ");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const View v = view_of(x_in);
+  const View dyv = view_of(dy_in.to(x_in.scalar_type()));
+  Tensor dx = at::empty_like(v.t);
+  const View dxv = view_of(dx);
+  const int64_t R = v.N * v.S, C = v.C;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  Tensor sums;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "bn_act_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto opts = x_in.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    const Tensor w = weight.to(opts).contiguous(), b = bias.to(opts).contiguous();
+    const Tensor mean = mean_in.to(opts).contiguous(), var = var_in.to(opts).contiguous();
+    if (R == 0) {
+      sums = at::zeros({2, 1, C}, opts);
+      return;
+    }
+    const Plan plan = plan_for(R, C, x_in);
+    sums = at::empty({2, plan.n_splits, C}, opts);
+    const dim3 grid(C, plan.n_splits);
+    with_activation(act, [&](auto a) {
+      constexpr int A = decltype(a)::value;
+      const auto launch = [&](auto one_pass) {
+        bn_act_grad_sums_kernel<scalar_t, acc_t, A, decltype(one_pass)::value><<<grid, kThreads, 0, stream>>>(
+            dyv.t.data_ptr<scalar_t>(), v.t.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(),
+            var.data_ptr<acc_t>(), w.data_ptr<acc_t>(), b.data_ptr<acc_t>(), sums.data_ptr<acc_t>(), R, C, v.S,
+            dyv.st, v.st, dxv.st, plan.rows_per_split, training, static_cast<acc_t>(eps), static_cast<acc_t>(slope));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (plan.one_pass) {
+        launch(std::true_type{});
+        return;
+      }
+      launch(std::false_type{});
+      bn_grad_sums_merge_kernel<acc_t><<<(C + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+          sums.data_ptr<acc_t>(), C, plan.n_splits);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int64_t total = v.t.numel();
+      bn_act_grad_input_kernel<scalar_t, acc_t, A><<<elementwise_blocks(total), kThreads, 0, stream>>>(
+          dyv.t.data_ptr<scalar_t>(), v.t.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(),
+          var.data_ptr<acc_t>(), w.data_ptr<acc_t>(), b.data_ptr<acc_t>(), sums.data_ptr<acc_t>(),
+          sums.data_ptr<acc_t>() + plan.n_splits * C, total, R, C, v.S, dyv.st, v.st, dxv.st, training,
+          static_cast<acc_t>(eps), static_cast<acc_t>(slope));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  // Row 0 of each half holds the totals: (dweight, dbias) in the parameters' dtype.
+  return {dx, sums[0][0].to(weight.scalar_type(), false, /*copy=*/true),
+          sums[1][0].to(bias.scalar_type(), false, /*copy=*/true)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedgan, CUDA, m) {
+  m.impl("bn_act_forward", &bn_act_forward_cuda);
+  m.impl("bn_act_backward", &bn_act_backward_cuda);
+}
+
+}  // namespace fusedgan

@@ -1,0 +1,25 @@
+// Op schemas of fusedgan._C. Importing the module registers them; the kernels register
+// themselves in cpu/ and cuda/, and Python adds fake (meta) implementations.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An empty Python module: `import fusedgan._C` loads this library and runs the
+// registrations below (no pybind11 functions are needed).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fusedgan, m) {
+  // y = act(batch_norm(x)). Returns (y, mean, var): the batch mean and biased variance
+  // (fp32, fp64 for fp64 x) when training, else the given running ones.
+  m.def(
+      "bn_act_forward(Tensor x, Tensor weight, Tensor bias, Tensor? mean, Tensor? var, bool training, "
+      "float eps, int act, float slope) -> (Tensor, Tensor, Tensor)");
+  // (dx, dweight, dbias) of the above, from the statistics forward used.
+  m.def(
+      "bn_act_backward(Tensor dy, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor var, "
+      "bool training, float eps, int act, float slope) -> (Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,81 @@
+"""The C++/CUDA extension: op registration, opcheck, and falling back when it cannot load."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from _helpers import DEVICES
+
+from fusedgan import _extension
+
+pytestmark = pytest.mark.skipif(_extension._load_error is not None,
+                                reason=f"fusedgan._C is not built here: {_extension._load_error}")
+
+OPS = ("bn_act_forward", "bn_act_backward")
+
+
+def test_every_op_has_cpu_and_cuda_kernels():
+    for op in OPS:
+        assert _extension._has_kernel(op, "CPU")
+    if torch.version.cuda is not None and os.environ.get("FUSEDGAN_BUILD_CUDA") != "0":
+        # CI installs the CUDA build of torch and has nvcc: the CUDA kernels must be compiled in.
+        for op in OPS:
+            assert _extension._has_kernel(op, "CUDA"), f"fusedgan::{op} has no CUDA kernel"
+
+
+def _bn_args(device, dtype, channels_last, training):
+    x = torch.randn(4, 3, 5, 6, device=device, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    w = torch.rand(3, device=device, dtype=param_dtype) + 0.5
+    b = torch.randn(3, device=device, dtype=param_dtype)
+    mean = torch.randn(3, device=device, dtype=param_dtype)
+    var = torch.rand(3, device=device, dtype=param_dtype) + 0.5
+    return x, w, b, mean, var
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_opcheck(device, dtype, channels_last, training):
+    x, w, b, mean, var = _bn_args(device, dtype, channels_last, training)
+    fwd_mean, fwd_var = (None, None) if training else (mean, var)
+    torch.library.opcheck(torch.ops.fusedgan.bn_act_forward, (x, w, b, fwd_mean, fwd_var, training, 1e-5, 2, 0.2))
+    dy = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.fusedgan.bn_act_backward, (dy, x, w, b, mean, var, training, 1e-5, 1, 0.0))
+
+
+def test_import_falls_back_with_one_warning_when_extension_cannot_load():
+    script = textwrap.dedent("""
+        import importlib.abc, sys, warnings
+        import torch
+
+        class Broken(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "fusedgan._C":
+                    raise ImportError("_C.so: undefined symbol: _ZN3c104impl3cow")
+
+        sys.meta_path.insert(0, Broken())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import fusedgan
+            import fusedgan.functional
+        messages = [str(w.message) for w in caught if "fusedgan._C" in str(w.message)]
+        print(len(messages))
+        print(messages[0])
+        from fusedgan._backends import resolve_backend
+        print(resolve_backend("auto", torch.device("cpu")))
+        print(fusedgan.backend_status()["cpu"])
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "FUSEDGAN_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    count, message, auto, status = out.stdout.strip().splitlines()
+    assert count == "1"
+    assert "built against another torch" in message and "pip install --no-build-isolation -e ." in message
+    assert auto == "torch"
+    assert "could not be loaded" in status
