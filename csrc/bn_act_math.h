@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FUSEDGAN_HD __host__ __device__ __forceinline__
@@ -22,19 +24,21 @@ FUSEDGAN_HD T pre_activation(T x, T mean, T scale, T bias) {
 }
 
 // ReLU keeps NaN and maps -inf to 0 (torch.relu); LeakyReLU is torch's z > 0 ? z : z * slope.
+// Both sides of each select are computed first, so compilers emit a blend, not a branch
+// that random signs would mispredict half the time.
 template <typename T>
 FUSEDGAN_HD T activation(T z, T slope, int act) {
-  if (act == kRelu) return z < T(0) ? T(0) : z;
-  if (act == kLeakyRelu) return z > T(0) ? z : z * slope;
+  const T negative = act == kRelu ? T(0) : z * slope;
+  if (act == kRelu) return z < T(0) ? negative : z;
+  if (act == kLeakyRelu) return z > T(0) ? z : negative;
   return z;
 }
 
 // The masks of torch's threshold_backward and leaky_relu_backward.
 template <typename T>
 FUSEDGAN_HD T activation_grad(T dy, T z, T slope, int act) {
-  if (act == kRelu) return z > T(0) ? dy : T(0);
-  if (act == kLeakyRelu) return z > T(0) ? dy : dy * slope;
-  return dy;
+  const T negative = act == kRelu ? T(0) : dy * slope;
+  return act == kIdentity || z > T(0) ? dy : negative;
 }
 
 // dx from dz = dL/dz. Training adds the two terms from the batch statistics' dependence on x.
@@ -53,6 +57,17 @@ FUSEDGAN_HD void welford_merge(T& n, T& mean, T& m2, T n_b, T mean_b, T m2_b) {
   mean += delta * frac;
   m2 += m2_b + delta * delta * n * frac;
   n = total;
+}
+
+// Host side: calls f(std::integral_constant<int, act>{}), so that kernels get the
+// activation as a compile-time constant (no branch in the inner loops; they vectorize).
+template <typename F>
+void with_activation(int64_t act, F&& f) {
+  switch (act) {
+    case kRelu: return f(std::integral_constant<int, kRelu>{});
+    case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>{});
+    default: return f(std::integral_constant<int, kIdentity>{});
+  }
 }
 
 }  // namespace fusedgan

@@ -90,17 +90,6 @@ double run_sum(const scalar_t* v, int64_t n, opmath_t center) {
   return total;
 }
 
-// Calls f(std::integral_constant<int, act>) so the activation is a compile-time constant
-// in the inner loops, which the compiler then vectorizes.
-template <typename F>
-void with_activation(int64_t act, F&& f) {
-  switch (act) {
-    case kRelu: return f(std::integral_constant<int, kRelu>{});
-    case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>{});
-    default: return f(std::integral_constant<int, kIdentity>{});
-  }
-}
-
 // Per-channel parameters in opmath: mean, invstd, scale = weight * invstd, bias.
 template <typename opmath_t>
 struct ChannelParams {
@@ -180,11 +169,13 @@ template <typename scalar_t, int act>
 void apply(const Layout& L, const ChannelParams<at::opmath_type<scalar_t>>& p, Tensor& y_t, double slope_d) {
   using opmath_t = at::opmath_type<scalar_t>;
   const scalar_t* x = L.t.data_ptr<scalar_t>();
-  scalar_t* y = y_t.data_ptr<scalar_t>();
+  scalar_t* __restrict__ y = y_t.data_ptr<scalar_t>();
   const int64_t C = L.C, S = L.S, rows = L.channels_fast ? L.N * L.S : L.N * L.C;
   const opmath_t slope = static_cast<opmath_t>(slope_d);
+  // slope and the pointers are captured by value: a reference could alias y, which would
+  // force a reload per element and stop the loops from vectorizing.
   at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(L.channels_fast ? C : S, 1)),
-                   [&](int64_t r0, int64_t r1) {
+                   [&, slope, x, y](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       if (L.channels_fast) {
         for (int64_t c = 0; c < C; ++c) {
@@ -251,7 +242,7 @@ void grad_sums(const Layout& L, const Tensor& dy_t, const ChannelParams<at::opma
   sum_dz.assign(C, 0.0);
   sum_dz_xmu.assign(C, 0.0);
   if (!L.channels_fast) {
-    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    at::parallel_for(0, C, 1, [&, slope, x, dy](int64_t c0, int64_t c1) {
       opmath_t dz_buf[kChunk], dzx_buf[kChunk];
       for (int64_t c = c0; c < c1; ++c) {
         const opmath_t mean = p.mean[c], scale = p.scale[c], bias = p.bias[c];
@@ -276,7 +267,7 @@ void grad_sums(const Layout& L, const Tensor& dy_t, const ChannelParams<at::opma
   }
   const int64_t blocks = std::min(kRowBlocks, R);
   std::vector<double> block_dz(blocks * C, 0.0), block_dzx(blocks * C, 0.0);
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, blocks, 1, [&, slope, x, dy](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       double* acc_dz = &block_dz[b * C];
       double* acc_dzx = &block_dzx[b * C];
@@ -322,11 +313,11 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
       }
       const scalar_t* x = L.t.data_ptr<scalar_t>();
       const scalar_t* dy = dy_t.data_ptr<scalar_t>();
-      scalar_t* out = dx.data_ptr<scalar_t>();
+      scalar_t* __restrict__ out = dx.data_ptr<scalar_t>();
       const int64_t rows = L.channels_fast ? count : L.N * C;
       at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(L.channels_fast ? C : S, 1)),
-                       [&](int64_t r0, int64_t r1) {
-        const auto dx_of = [&](opmath_t xv, opmath_t dyv, int64_t c) {
+                       [&, slope, x, dy, out](int64_t r0, int64_t r1) {
+        const auto dx_of = [&, slope](opmath_t xv, opmath_t dyv, int64_t c) {
           const opmath_t dz = activation_grad<opmath_t>(dyv, pre_activation(xv, p.mean[c], p.scale[c], p.bias[c]),
                                                         slope, A);
           return static_cast<scalar_t>(

@@ -264,15 +264,6 @@ Plan plan_for(int64_t R, int64_t C, const Tensor& x) {
   return {false, (R + rows - 1) / rows, rows};
 }
 
-template <typename F>
-void with_activation(int64_t act, F&& f) {
-  switch (act) {
-    case kRelu: return f(std::integral_constant<int, kRelu>{});
-    case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>{});
-    default: return f(std::integral_constant<int, kIdentity>{});
-  }
-}
-
 int elementwise_blocks(int64_t total) {
   return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8));
 }
