@@ -66,7 +66,9 @@ def _extensions():
     # only when CPU_CAPABILITY_AVX2 is defined (as ATen builds its own AVX2 kernels)
     # (fusedgan._extension refuses the cpu backend on a processor without them).
     # torch adds the C++ standard it was built with.
-    cxx_flags = ["-O3", "-fopenmp"]
+    # -fno-trapping-math lets GCC turn `z > 0 ? z : z * slope` into a blend (we never read FP
+    # exception flags); without it the LeakyReLU loops stay scalar and branchy (10x slower).
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
     if platform.machine() in ("x86_64", "AMD64"):
         cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"]
     if build_cuda:
