@@ -1,4 +1,4 @@
-"""Print a short table from a pytest-benchmark JSON: each case's time, GB/s, and the
+"""Print a short table from a pytest-benchmark JSON: each case's median time, GB/s, and the
 speed-up of every provider over stock eager and over torch.compile.
 
     python benchmarks/summary.py bench.json
@@ -16,7 +16,7 @@ def main(path):
     for bench in benches:
         info = bench["extra_info"]
         key = (info["op"], "x".join(map(str, info["shape"])), info["mode"], info["dtype"])
-        cases[key][info["provider"]] = (bench["stats"]["mean"], info.get("gbps"))
+        cases[key][info["provider"]] = (bench["stats"]["median"], info.get("gbps"))
     if benches:
         info = benches[0]["extra_info"]
         print(f"device {info['device']}, torch {info['torch']}, triton {info['triton']}")

@@ -50,12 +50,12 @@ def test_bn_act(benchmark, shape, activation, slope, provider, mode):
         fn()
     if DEVICE.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rounds = 20 if DEVICE.type == "cuda" else 5
+    rounds = 20 if DEVICE.type == "cuda" else 15
     benchmark.pedantic(fn, rounds=rounds, iterations=5 if DEVICE.type == "cuda" else 1)
     elements = x.numel()
     bytes_moved = (2 if mode == "fwd" else 5) * elements * x.element_size()
     benchmark.extra_info.update(environment_info())
     benchmark.extra_info.update(
         op=f"bn+{activation}", shape=list(shape), provider=provider, mode=mode, dtype="float32",
-        bytes=bytes_moved, gbps=bytes_moved / benchmark.stats.stats.mean / 1e9,
+        bytes=bytes_moved, gbps=bytes_moved / benchmark.stats.stats.median / 1e9,
         peak_memory=torch.cuda.max_memory_allocated() if DEVICE.type == "cuda" else None)

@@ -90,107 +90,93 @@ double run_sum(const scalar_t* v, int64_t n, opmath_t center) {
   return total;
 }
 
-// Per-channel parameters in opmath: mean, invstd, scale = weight * invstd, bias.
-template <typename opmath_t>
-struct ChannelParams {
-  std::vector<opmath_t> mean, invstd, scale, bias;
-  ChannelParams(const Tensor& mean_t, const Tensor& var_t, const Tensor& weight, const Tensor& bias_t, double eps) {
-    const auto to = [](const Tensor& t) {
-      Tensor c = t.to(at::kDouble).contiguous();
-      return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-    };
-    const auto m = to(mean_t), v = to(var_t), w = to(weight), b = to(bias_t);
-    const size_t C = m.size();
-    mean.resize(C), invstd.resize(C), scale.resize(C), bias.resize(C);
-    for (size_t c = 0; c < C; ++c) {
-      mean[c] = static_cast<opmath_t>(m[c]);
-      invstd[c] = static_cast<opmath_t>(1.0 / std::sqrt(v[c] + eps));
-      scale[c] = static_cast<opmath_t>(w[c]) * invstd[c];
-      bias[c] = static_cast<opmath_t>(b[c]);
-    }
-  }
-};
-
 // ---------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------
 
-// Batch mean and biased variance per channel, into mean_out / var_out (double).
-template <typename scalar_t>
-void batch_stats(const Layout& L, std::vector<double>& mean_out, std::vector<double>& var_out) {
+std::vector<double> to_vector(const Tensor& t) {
+  const Tensor c = t.to(at::kDouble).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+// Rows layout: one channel at a time, statistics then output while the channel's slice is
+// still in cache, so x comes from memory once (2N bytes). Training fills mean/var (biased);
+// eval reads them.
+template <typename scalar_t, int act>
+void forward_rows(const Layout& L, const std::vector<double>& w, const std::vector<double>& b, double eps,
+                  bool training, at::opmath_type<scalar_t> slope, std::vector<double>& mean_v,
+                  std::vector<double>& var_v, scalar_t* __restrict__ y) {
+  using opmath_t = at::opmath_type<scalar_t>;
   const scalar_t* x = L.t.data_ptr<scalar_t>();
-  const int64_t N = L.N, C = L.C, S = L.S, R = N * S;
-  mean_out.assign(C, 0.0);
-  var_out.assign(C, 0.0);
-  if (!L.channels_fast) {
-    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
+  const int64_t N = L.N, C = L.C, S = L.S;
+  at::parallel_for(0, C, 1, [&, slope, x, y](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      if (training) {
         double n = 0, mean = 0, m2 = 0;
         for (int64_t i = 0; i < N; ++i) {
           const scalar_t* run = x + (i * C + c) * S;
-          const double run_mean = run_sum<false>(run, S, at::opmath_type<scalar_t>(0)) / S;
-          const double run_m2 = run_sum<true>(run, S, static_cast<at::opmath_type<scalar_t>>(run_mean));
+          const double run_mean = run_sum<false>(run, S, opmath_t(0)) / S;
+          const double run_m2 = run_sum<true>(run, S, static_cast<opmath_t>(run_mean));
           welford_merge<double>(n, mean, m2, double(S), run_mean, run_m2);
         }
-        mean_out[c] = mean;
-        var_out[c] = m2 / n;
+        mean_v[c] = mean;
+        var_v[c] = m2 / n;
       }
-    });
-    return;
-  }
-  const int64_t blocks = std::min(kRowBlocks, R);
-  std::vector<double> block_mean(blocks * C, 0.0), block_m2(blocks * C, 0.0);
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = b * R / blocks, r1 = (b + 1) * R / blocks;
-      double* mean = &block_mean[b * C];
-      double* m2 = &block_m2[b * C];
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = 0; c < C; ++c) mean[c] += static_cast<double>(x[r * C + c]);
-      for (int64_t c = 0; c < C; ++c) mean[c] /= double(r1 - r0);
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = 0; c < C; ++c) {
-          const double d = static_cast<double>(x[r * C + c]) - mean[c];
-          m2[c] += d * d;
-        }
+      const opmath_t mean = mean_v[c], scale = w[c] / std::sqrt(var_v[c] + eps), bias = b[c];
+      for (int64_t i = 0; i < N; ++i) {
+        const scalar_t* xr = x + (i * C + c) * S;
+        scalar_t* yr = y + (i * C + c) * S;
+        for (int64_t s = 0; s < S; ++s)
+          yr[s] = static_cast<scalar_t>(activation(pre_activation<opmath_t>(xr[s], mean, scale, bias), slope, act));
+      }
     }
   });
-  for (int64_t c = 0; c < C; ++c) {
-    double n = 0, mean = 0, m2 = 0;
-    for (int64_t b = 0; b < blocks; ++b)
-      welford_merge<double>(n, mean, m2, double((b + 1) * R / blocks - b * R / blocks), block_mean[b * C + c],
-                            block_m2[b * C + c]);
-    mean_out[c] = mean;
-    var_out[c] = m2 / n;
-  }
 }
 
+// Channels layout: fixed row blocks reduce into per-channel partials, merged in block order
+// (Chan), then every row is normalised.
 template <typename scalar_t, int act>
-void apply(const Layout& L, const ChannelParams<at::opmath_type<scalar_t>>& p, Tensor& y_t, double slope_d) {
+void forward_channels(const Layout& L, const std::vector<double>& w, const std::vector<double>& b, double eps,
+                      bool training, at::opmath_type<scalar_t> slope, std::vector<double>& mean_v,
+                      std::vector<double>& var_v, scalar_t* __restrict__ y) {
   using opmath_t = at::opmath_type<scalar_t>;
   const scalar_t* x = L.t.data_ptr<scalar_t>();
-  scalar_t* __restrict__ y = y_t.data_ptr<scalar_t>();
-  const int64_t C = L.C, S = L.S, rows = L.channels_fast ? L.N * L.S : L.N * L.C;
-  const opmath_t slope = static_cast<opmath_t>(slope_d);
-  // slope and the pointers are captured by value: a reference could alias y, which would
-  // force a reload per element and stop the loops from vectorizing.
-  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(L.channels_fast ? C : S, 1)),
-                   [&, slope, x, y](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      if (L.channels_fast) {
-        for (int64_t c = 0; c < C; ++c) {
-          const opmath_t z = pre_activation<opmath_t>(x[r * C + c], p.mean[c], p.scale[c], p.bias[c]);
-          y[r * C + c] = static_cast<scalar_t>(activation(z, slope, act));
-        }
-      } else {
-        const int64_t c = r % C;
-        const opmath_t mean = p.mean[c], scale = p.scale[c], bias = p.bias[c];
-        for (int64_t s = 0; s < S; ++s) {
-          const opmath_t z = pre_activation<opmath_t>(x[r * S + s], mean, scale, bias);
-          y[r * S + s] = static_cast<scalar_t>(activation(z, slope, act));
-        }
+  const int64_t C = L.C, R = L.N * L.S;
+  if (training) {
+    const int64_t blocks = std::min(kRowBlocks, R);
+    std::vector<double> block_mean(blocks * C, 0.0), block_m2(blocks * C, 0.0);
+    at::parallel_for(0, blocks, 1, [&, x](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t r0 = blk * R / blocks, r1 = (blk + 1) * R / blocks;
+        double* mean = &block_mean[blk * C];
+        double* m2 = &block_m2[blk * C];
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < C; ++c) mean[c] += static_cast<double>(x[r * C + c]);
+        for (int64_t c = 0; c < C; ++c) mean[c] /= double(r1 - r0);
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < C; ++c) {
+            const double d = static_cast<double>(x[r * C + c]) - mean[c];
+            m2[c] += d * d;
+          }
       }
+    });
+    for (int64_t c = 0; c < C; ++c) {
+      double n = 0, mean = 0, m2 = 0;
+      for (int64_t blk = 0; blk < blocks; ++blk)
+        welford_merge<double>(n, mean, m2, double((blk + 1) * R / blocks - blk * R / blocks),
+                              block_mean[blk * C + c], block_m2[blk * C + c]);
+      mean_v[c] = mean;
+      var_v[c] = m2 / n;
     }
+  }
+  std::vector<opmath_t> mean(C), scale(C), bias(C);
+  for (int64_t c = 0; c < C; ++c)
+    mean[c] = mean_v[c], scale[c] = w[c] / std::sqrt(var_v[c] + eps), bias[c] = b[c];
+  at::parallel_for(0, R, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)), [&, slope, x, y](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < C; ++c)
+        y[r * C + c] =
+            static_cast<scalar_t>(activation(pre_activation<opmath_t>(x[r * C + c], mean[c], scale[c], bias[c]), slope, act));
   });
 }
 
@@ -208,134 +194,127 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& x_in, const 
   const Layout L = layout_of(x_in);
   Tensor y = at::empty_like(L.t);
   const auto stats_options = x_in.options().dtype(stats_dtype(x_in));
-  Tensor mean, var;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "bn_act_forward_cpu", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    if (training) {
-      std::vector<double> m, v;
-      if (L.N * L.S > 0) batch_stats<scalar_t>(L, m, v);
-      else m.assign(L.C, 0.0), v.assign(L.C, 0.0);
-      mean = at::tensor(m, at::kDouble).to(stats_options);
-      var = at::tensor(v, at::kDouble).to(stats_options);
-    } else {
-      mean = mean_in->to(stats_options, /*non_blocking=*/false, /*copy=*/true);
-      var = var_in->to(stats_options, /*non_blocking=*/false, /*copy=*/true);
-    }
-    const ChannelParams<opmath_t> params(mean, var, weight, bias, eps);
-    with_activation(act, [&](auto a) { apply<scalar_t, decltype(a)::value>(L, params, y, slope); });
-  });
-  return {y, mean, var};
+  const std::vector<double> w = to_vector(weight), b = to_vector(bias);
+  std::vector<double> mean = training ? std::vector<double>(L.C, 0.0) : to_vector(*mean_in);
+  std::vector<double> var = training ? std::vector<double>(L.C, 0.0) : to_vector(*var_in);
+  if (L.N * L.S > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "bn_act_forward_cpu", [&] {
+      const auto s = static_cast<at::opmath_type<scalar_t>>(slope);
+      with_activation(act, [&](auto a) {
+        constexpr int A = decltype(a)::value;
+        if (L.channels_fast) forward_channels<scalar_t, A>(L, w, b, eps, training, s, mean, var, y.data_ptr<scalar_t>());
+        else forward_rows<scalar_t, A>(L, w, b, eps, training, s, mean, var, y.data_ptr<scalar_t>());
+      });
+    });
+  }
+  return {y, at::tensor(mean, at::kDouble).to(stats_options), at::tensor(var, at::kDouble).to(stats_options)};
 }
 
 // ---------------------------------------------------------------------------------------
 // Backward
 // ---------------------------------------------------------------------------------------
 
-// Per-channel sums of dz and dz * (x - mean), in double.
-template <typename scalar_t, int act>
-void grad_sums(const Layout& L, const Tensor& dy_t, const ChannelParams<at::opmath_type<scalar_t>>& p,
-               at::opmath_type<scalar_t> slope, std::vector<double>& sum_dz, std::vector<double>& sum_dz_xmu) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const scalar_t* x = L.t.data_ptr<scalar_t>();
-  const scalar_t* dy = dy_t.data_ptr<scalar_t>();
-  const int64_t N = L.N, C = L.C, S = L.S, R = N * S;
-  sum_dz.assign(C, 0.0);
-  sum_dz_xmu.assign(C, 0.0);
-  if (!L.channels_fast) {
-    at::parallel_for(0, C, 1, [&, slope, x, dy](int64_t c0, int64_t c1) {
-      opmath_t dz_buf[kChunk], dzx_buf[kChunk];
-      for (int64_t c = c0; c < c1; ++c) {
-        const opmath_t mean = p.mean[c], scale = p.scale[c], bias = p.bias[c];
-        for (int64_t i = 0; i < N; ++i) {
-          const int64_t base = (i * C + c) * S;
-          for (int64_t s0 = 0; s0 < S; s0 += kChunk) {
-            const int64_t len = std::min(kChunk, S - s0);
-            for (int64_t s = 0; s < len; ++s) {
-              const opmath_t xv = x[base + s0 + s];
-              const opmath_t dz = activation_grad<opmath_t>(dy[base + s0 + s],
-                                                            pre_activation(xv, mean, scale, bias), slope, act);
-              dz_buf[s] = dz;
-              dzx_buf[s] = dz * (xv - mean);
-            }
-            sum_dz[c] += run_sum<false>(dz_buf, len, opmath_t(0));
-            sum_dz_xmu[c] += run_sum<false>(dzx_buf, len, opmath_t(0));
-          }
-        }
-      }
-    });
-    return;
+// dz = dy * act'(z), and dx from dz and the channel sums, for one element.
+template <typename opmath_t, int act>
+struct GradElement {
+  opmath_t mean, invstd, scale, bias, slope, mean_dz, mean_dz_xhat;
+  bool training;
+  opmath_t dz(opmath_t x, opmath_t dy) const {
+    return activation_grad<opmath_t>(dy, pre_activation(x, mean, scale, bias), slope, act);
   }
-  const int64_t blocks = std::min(kRowBlocks, R);
-  std::vector<double> block_dz(blocks * C, 0.0), block_dzx(blocks * C, 0.0);
-  at::parallel_for(0, blocks, 1, [&, slope, x, dy](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      double* acc_dz = &block_dz[b * C];
-      double* acc_dzx = &block_dzx[b * C];
-      for (int64_t r = b * R / blocks; r < (b + 1) * R / blocks; ++r)
-        for (int64_t c = 0; c < C; ++c) {
-          const opmath_t xv = x[r * C + c];
-          const opmath_t dz =
-              activation_grad<opmath_t>(dy[r * C + c], pre_activation(xv, p.mean[c], p.scale[c], p.bias[c]), slope, act);
-          acc_dz[c] += dz;
-          acc_dzx[c] += static_cast<double>(dz * (xv - p.mean[c]));
-        }
-    }
-  });
-  for (int64_t b = 0; b < blocks; ++b)
-    for (int64_t c = 0; c < C; ++c) {
-      sum_dz[c] += block_dz[b * C + c];
-      sum_dz_xmu[c] += block_dzx[b * C + c];
-    }
-}
+  opmath_t dx(opmath_t x, opmath_t dy) const {
+    return grad_input(dz(x, dy), (x - mean) * invstd, scale, mean_dz, mean_dz_xhat, training);
+  }
+};
 
 std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight,
-                                                       const Tensor& bias, const Tensor& mean, const Tensor& var,
+                                                       const Tensor& bias, const Tensor& mean_t, const Tensor& var_t,
                                                        bool training, double eps, int64_t act, double slope_d) {
   TORCH_CHECK(dy_in.sizes() == x_in.sizes(), "fusedgan::bn_act_backward: grad and input shapes differ");
   const Layout L = layout_of(x_in);
   const Tensor dy_t = in_layout(dy_in.to(x_in.scalar_type()), L);
   Tensor dx = at::empty_like(L.t);
-  const int64_t C = L.C, S = L.S, count = L.N * L.S;
-  std::vector<double> sum_dz, sum_dz_xmu;
+  const int64_t N = L.N, C = L.C, S = L.S, R = N * S;
+  const std::vector<double> w = to_vector(weight), b = to_vector(bias), mean_v = to_vector(mean_t),
+                            var_v = to_vector(var_t);
+  // dweight = sum dz * xhat, dbias = sum dz (double).
+  std::vector<double> dweight(C, 0.0), dbias(C, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "bn_act_backward_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const ChannelParams<opmath_t> p(mean, var, weight, bias, eps);
+    const scalar_t* x = L.t.data_ptr<scalar_t>();
+    const scalar_t* dy = dy_t.data_ptr<scalar_t>();
+    scalar_t* out = dx.data_ptr<scalar_t>();
     const opmath_t slope = static_cast<opmath_t>(slope_d);
     with_activation(act, [&](auto a) {
       constexpr int A = decltype(a)::value;
-      grad_sums<scalar_t, A>(L, dy_t, p, slope, sum_dz, sum_dz_xmu);
-      // dweight = sum dz * xhat = invstd * sum dz * (x - mean); dbias = sum dz.
-      std::vector<opmath_t> mean_dz(C), mean_dz_xhat(C);
-      for (int64_t c = 0; c < C; ++c) {
-        sum_dz_xmu[c] *= p.invstd[c];
-        mean_dz[c] = static_cast<opmath_t>(count ? sum_dz[c] / count : 0.0);
-        mean_dz_xhat[c] = static_cast<opmath_t>(count ? sum_dz_xmu[c] / count : 0.0);
-      }
-      const scalar_t* x = L.t.data_ptr<scalar_t>();
-      const scalar_t* dy = dy_t.data_ptr<scalar_t>();
-      scalar_t* __restrict__ out = dx.data_ptr<scalar_t>();
-      const int64_t rows = L.channels_fast ? count : L.N * C;
-      at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(L.channels_fast ? C : S, 1)),
-                       [&, slope, x, dy, out](int64_t r0, int64_t r1) {
-        const auto dx_of = [&, slope](opmath_t xv, opmath_t dyv, int64_t c) {
-          const opmath_t dz = activation_grad<opmath_t>(dyv, pre_activation(xv, p.mean[c], p.scale[c], p.bias[c]),
-                                                        slope, A);
-          return static_cast<scalar_t>(
-              grad_input(dz, (xv - p.mean[c]) * p.invstd[c], p.scale[c], mean_dz[c], mean_dz_xhat[c], training));
-        };
-        for (int64_t r = r0; r < r1; ++r) {
-          if (L.channels_fast) {
-            for (int64_t c = 0; c < C; ++c) out[r * C + c] = dx_of(x[r * C + c], dy[r * C + c], c);
-          } else {
-            const int64_t c = r % C;  // constant along the run: hoisted, so the loop vectorizes
-            for (int64_t s = 0; s < S; ++s) out[r * S + s] = dx_of(x[r * S + s], dy[r * S + s], c);
+      using Element = GradElement<opmath_t, A>;
+      const auto element = [&](int64_t c) {
+        const double invstd = 1.0 / std::sqrt(var_v[c] + eps);
+        return Element{opmath_t(mean_v[c]), opmath_t(invstd), opmath_t(w[c] * invstd), opmath_t(b[c]), slope,
+                       opmath_t(R ? dbias[c] / R : 0.0), opmath_t(R ? dweight[c] / R : 0.0), training};
+      };
+      if (!L.channels_fast) {
+        // One channel at a time: its sums, then its dx while x and dy are in cache (3N bytes).
+        at::parallel_for(0, C, 1, [&, x, dy, out](int64_t c0, int64_t c1) {
+          opmath_t dz_buf[kChunk], dzx_buf[kChunk];
+          for (int64_t c = c0; c < c1; ++c) {
+            const Element e = element(c);
+            double sum_dz = 0, sum_dz_xmu = 0;
+            for (int64_t i = 0; i < N; ++i) {
+              const int64_t base = (i * C + c) * S;
+              for (int64_t s0 = 0; s0 < S; s0 += kChunk) {
+                const int64_t len = std::min(kChunk, S - s0);
+                for (int64_t s = 0; s < len; ++s) {
+                  const opmath_t xv = x[base + s0 + s];
+                  dz_buf[s] = e.dz(xv, dy[base + s0 + s]);
+                  dzx_buf[s] = dz_buf[s] * (xv - e.mean);
+                }
+                sum_dz += run_sum<false>(dz_buf, len, opmath_t(0));
+                sum_dz_xmu += run_sum<false>(dzx_buf, len, opmath_t(0));
+              }
+            }
+            dbias[c] = sum_dz;
+            dweight[c] = sum_dz_xmu * e.invstd;
+            const Element full = element(c);
+            for (int64_t i = 0; i < N; ++i) {
+              const int64_t base = (i * C + c) * S;
+              for (int64_t s = 0; s < S; ++s) out[base + s] = static_cast<scalar_t>(full.dx(x[base + s], dy[base + s]));
+            }
           }
+        });
+        return;
+      }
+      // Channels layout: fixed row blocks of per-channel partial sums, added in block order.
+      const int64_t blocks = std::min(kRowBlocks, R);
+      std::vector<double> block_dz(blocks * C, 0.0), block_dzx(blocks * C, 0.0);
+      std::vector<Element> elements;
+      for (int64_t c = 0; c < C; ++c) elements.push_back(element(c));
+      at::parallel_for(0, blocks, 1, [&, x, dy](int64_t b0, int64_t b1) {
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          double* acc_dz = &block_dz[blk * C];
+          double* acc_dzx = &block_dzx[blk * C];
+          for (int64_t r = blk * R / blocks; r < (blk + 1) * R / blocks; ++r)
+            for (int64_t c = 0; c < C; ++c) {
+              const opmath_t xv = x[r * C + c], dz = elements[c].dz(xv, dy[r * C + c]);
+              acc_dz[c] += dz;
+              acc_dzx[c] += static_cast<double>(dz * (xv - elements[c].mean));
+            }
         }
+      });
+      for (int64_t blk = 0; blk < blocks; ++blk)
+        for (int64_t c = 0; c < C; ++c) dbias[c] += block_dz[blk * C + c], dweight[c] += block_dzx[blk * C + c];
+      for (int64_t c = 0; c < C; ++c) {
+        dweight[c] *= elements[c].invstd;
+        elements[c] = element(c);
+      }
+      at::parallel_for(0, R, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)), [&, x, dy, out](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < C; ++c) out[r * C + c] = static_cast<scalar_t>(elements[c].dx(x[r * C + c], dy[r * C + c]));
       });
     });
   });
   const auto as_param = [&](const std::vector<double>& v) { return at::tensor(v, at::kDouble).to(weight.options()); };
-  return {dx, as_param(sum_dz_xmu), as_param(sum_dz)};
+  return {dx, as_param(dweight), as_param(dbias)};
 }
 
 }  // namespace
