@@ -22,4 +22,12 @@ TORCH_LIBRARY(fusedgan, m) {
   m.def(
       "bn_act_backward(Tensor dy, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor var, "
       "bool training, float eps, int act, float slope) -> (Tensor, Tensor, Tensor)");
+  // leaky_relu(conv2d(x, weight) + bias, slope): torch's convolution without bias, then one
+  // in-place pass adding the bias and applying the activation.
+  m.def(
+      "conv_leaky_relu_forward(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
+      "int[] dilation, int groups, float slope) -> Tensor");
+  // (dz, dbias): dz = dy * (y > 0 ? 1 : slope) from the saved output, and dbias = sum of dz
+  // per channel in the same pass (dbias is empty when has_bias is false).
+  m.def("leaky_relu_grad_bias(Tensor dy, Tensor y, float slope, bool has_bias) -> (Tensor, Tensor)");
 }

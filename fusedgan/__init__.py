@@ -4,14 +4,16 @@ __version__ = "0.1.0"
 
 from fusedgan import _extension, functional  # noqa: F401  (_extension: load _C, warn once)
 from fusedgan._backends import BackendUnavailableError, available_backends, backend_status
-from fusedgan.autograd import BatchNormActFunction
-from fusedgan.modules import FusedBNLeakyReLU, FusedBNReLU
+from fusedgan.autograd import BatchNormActFunction, Conv2dLeakyReLUFunction
+from fusedgan.modules import FusedBNLeakyReLU, FusedBNReLU, FusedConvLeakyReLU
 
 __all__ = [
     "BackendUnavailableError",
     "BatchNormActFunction",
+    "Conv2dLeakyReLUFunction",
     "FusedBNLeakyReLU",
     "FusedBNReLU",
+    "FusedConvLeakyReLU",
     "available_backends",
     "backend_status",
     "functional",

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-_OPS = ("bn_act_forward", "bn_act_backward")
+_OPS = ("bn_act_forward", "bn_act_backward", "conv_leaky_relu_forward", "leaky_relu_grad_bias")
 _FIX = ("reinstall fusedgan against the torch you run: pip install --no-build-isolation -e . "
         "(see README, 'Install')")
 
@@ -53,7 +53,23 @@ if _load_error is None:
     def _(dy, x, weight, bias, mean, var, training, eps, act, slope):
         return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
 
+    @torch.library.register_fake("fusedgan::conv_leaky_relu_forward")
+    def _(x, weight, bias, stride, padding, dilation, groups, slope):
+        return torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, groups)
+
+    @torch.library.register_fake("fusedgan::leaky_relu_grad_bias")
+    def _(dy, y, slope, has_bias):
+        acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+        return torch.empty_like(y), y.new_empty(y.shape[1] if has_bias else 0, dtype=acc)
+
+
+def _leaky_relu_grad_bias(dy, y, slope, has_bias):
+    dz, db = torch.ops.fusedgan.leaky_relu_grad_bias(dy, y, slope, has_bias)
+    return dz, (db if has_bias else None)
+
 
 def ops(backend):
     """The backend object for "cpu" and "cuda": the dispatcher picks the kernel by device."""
-    return types.SimpleNamespace(**{op: getattr(torch.ops.fusedgan, op) for op in _OPS})
+    functions = {op: getattr(torch.ops.fusedgan, op) for op in _OPS}
+    functions["leaky_relu_grad_bias"] = _leaky_relu_grad_bias
+    return types.SimpleNamespace(**functions)

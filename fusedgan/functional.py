@@ -7,9 +7,9 @@ import torch
 
 from fusedgan._activation import IDENTITY, activation_code
 from fusedgan._backends import check_backend_name, resolve_backend
-from fusedgan.autograd import BatchNormActFunction
+from fusedgan.autograd import BatchNormActFunction, Conv2dLeakyReLUFunction
 
-__all__ = ["batch_norm_act"]
+__all__ = ["batch_norm_act", "conv2d_leaky_relu"]
 
 _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -103,3 +103,51 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     if training and running_mean is not None and count > 0:
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return output
+
+
+def _pair(value, name):
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, negative_slope=0.01, *,
+                      backend="auto"):
+    """leaky_relu(conv2d(input, weight, bias), negative_slope) in one op (negative_slope=0 is
+    ReLU); the arguments of torch.nn.functional.conv2d, with zero padding."""
+    _check_input(input)
+    if input.dim() != 4:
+        raise ValueError(f"input must have shape (N, C, H, W), got {input.dim()}D input of shape {tuple(input.shape)}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise ValueError(f"weight must be a 4D tensor (C_out, C_in / groups, kH, kW), got "
+                         f"{getattr(weight, 'shape', type(weight).__name__)}")
+    if not isinstance(groups, int) or groups < 1 or input.shape[1] % groups or weight.shape[0] % groups:
+        raise ValueError(f"groups must be a positive int dividing the input channels ({input.shape[1]}) and the "
+                         f"output channels ({weight.shape[0]}), got {groups!r}")
+    if weight.shape[1] * groups != input.shape[1]:
+        raise ValueError(f"weight expects {weight.shape[1] * groups} input channels (weight {tuple(weight.shape)}, "
+                         f"groups={groups}) but input has {input.shape[1]} channels")
+    for tensor, name in ((weight, "weight"), (bias, "bias")):
+        if tensor is None:
+            continue
+        if tensor.device != input.device:
+            raise ValueError(f"{name} is on {tensor.device} but input is on {input.device}; move both to one device")
+        if tensor.dtype != input.dtype:
+            raise TypeError(f"{name} must have the input's dtype {input.dtype}, got {tensor.dtype}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    padding = _pair(padding, "padding")
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"stride and dilation must be >= 1 and padding >= 0, got stride={stride}, "
+                         f"padding={padding}, dilation={dilation}")
+    for axis, (size, k, p, d) in enumerate(zip(input.shape[2:], weight.shape[2:], padding, dilation)):
+        if d * (k - 1) + 1 > size + 2 * p:
+            raise ValueError(f"kernel size {tuple(weight.shape[2:])} (dilation {dilation}) is larger than the padded "
+                             f"input {tuple(s + 2 * q for s, q in zip(input.shape[2:], padding))} along dim {axis + 2}")
+    _check_scalar(negative_slope, "negative_slope", minimum=0)
+    check_backend_name(backend)
+    name = "torch" if input.numel() == 0 else resolve_backend(backend, input.device)
+    return Conv2dLeakyReLUFunction.apply(input, weight, bias, stride, padding, dilation, groups, float(negative_slope),
+                                         name)

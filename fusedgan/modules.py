@@ -1,11 +1,12 @@
 """Drop-in nn.Modules: the parameters, buffers and state_dict keys of the stock layers."""
 
+import torch.nn.functional as F
 from torch import nn
 
 from fusedgan._backends import check_backend_name
-from fusedgan.functional import batch_norm_act
+from fusedgan.functional import batch_norm_act, conv2d_leaky_relu
 
-__all__ = ["FusedBNReLU", "FusedBNLeakyReLU"]
+__all__ = ["FusedBNReLU", "FusedBNLeakyReLU", "FusedConvLeakyReLU"]
 
 
 class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
@@ -69,3 +70,35 @@ class FusedBNLeakyReLU(_FusedBatchNormAct):
 
     def extra_repr(self):
         return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
+
+
+class FusedConvLeakyReLU(nn.Conv2d):
+    """Drop-in for nn.Sequential(nn.Conv2d(...), nn.LeakyReLU(negative_slope)); negative_slope=0
+    gives Conv2d + ReLU. A subclass of nn.Conv2d: same weight, bias and state_dict keys."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", negative_slope=0.01, device=None, dtype=None, *, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        if negative_slope < 0:
+            raise ValueError(f"negative_slope must be >= 0 (the backward reads the mask off the output), "
+                             f"got {negative_slope}")
+        self.negative_slope = negative_slope
+        self.backend = check_backend_name(backend)
+
+    def forward(self, input):
+        padding = self.padding
+        if self.padding_mode != "zeros":  # as nn.Conv2d: pad explicitly, then convolve unpadded
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        elif isinstance(padding, str):  # "same" / "valid": the explicit amounts nn.Conv2d computed
+            padding = self._reversed_padding_repeated_twice[::2][::-1] if padding == "same" else 0
+            if padding != 0 and any(a != b for a, b in zip(self._reversed_padding_repeated_twice[::2],
+                                                           self._reversed_padding_repeated_twice[1::2])):
+                input = F.pad(input, self._reversed_padding_repeated_twice)
+                padding = 0
+        return conv2d_leaky_relu(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
+                                 self.negative_slope, backend=self.backend)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}, backend={self.backend!r}"

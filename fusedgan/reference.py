@@ -6,6 +6,7 @@ the kernel backends.
 """
 
 import torch
+import torch.nn.functional as F
 
 from fusedgan._activation import LEAKY_RELU, RELU
 
@@ -69,3 +70,13 @@ def bn_act_backward(dy, x, weight, bias, mean, var, training, eps, act, slope):
         dz = dz - (sum_dz / count).view(shape) - xhat * (sum_dz_xhat / count).view(shape)
     dx = dz * (weight.to(xf.dtype) * invstd).view(shape)
     return dx.to(x.dtype), sum_dz_xhat.to(weight.dtype), sum_dz.to(bias.dtype)
+
+
+def conv_leaky_relu_forward(x, weight, bias, stride, padding, dilation, groups, slope):
+    z = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return torch.where(z > 0, z, z * slope)
+
+
+def leaky_relu_grad_bias(dy, y, slope, has_bias):
+    dz = torch.where(y > 0, dy, dy * slope)
+    return dz, (dz.sum((0, 2, 3), dtype=_acc_dtype(dz)) if has_bias else None)

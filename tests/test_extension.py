@@ -14,7 +14,7 @@ from fusedgan import _extension
 pytestmark = pytest.mark.skipif(_extension._load_error is not None,
                                 reason=f"fusedgan._C is not built here: {_extension._load_error}")
 
-OPS = ("bn_act_forward", "bn_act_backward")
+OPS = ("bn_act_forward", "bn_act_backward", "conv_leaky_relu_forward", "leaky_relu_grad_bias")
 
 
 def test_every_op_has_cpu_and_cuda_kernels():
@@ -48,6 +48,22 @@ def test_opcheck(device, dtype, channels_last, training):
     torch.library.opcheck(torch.ops.fusedgan.bn_act_forward, (x, w, b, fwd_mean, fwd_var, training, 1e-5, 2, 0.2))
     dy = torch.randn_like(x)
     torch.library.opcheck(torch.ops.fusedgan.bn_act_backward, (dy, x, w, b, mean, var, training, 1e-5, 1, 0.0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_opcheck_conv(device, dtype, channels_last):
+    x = torch.randn(2, 3, 9, 8, device=device, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(5, 3, 4, 4, device=device, dtype=dtype)
+    b = torch.randn(5, device=device, dtype=dtype)
+    for bias in (b, None):
+        torch.library.opcheck(torch.ops.fusedgan.conv_leaky_relu_forward, (x, w, bias, [2, 2], [1, 1], [1, 1], 1, 0.2))
+    y = torch.randn(2, 5, 4, 4, device=device, dtype=dtype)
+    for has_bias in (True, False):
+        torch.library.opcheck(torch.ops.fusedgan.leaky_relu_grad_bias, (torch.randn_like(y), y, 0.2, has_bias))
 
 
 def test_import_falls_back_with_one_warning_when_extension_cannot_load():

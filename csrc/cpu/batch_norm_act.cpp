@@ -22,38 +22,14 @@
 #include <vector>
 
 #include "../bn_act_math.h"
+#include "layout.h"
 
 namespace fusedgan {
 namespace {
 
 using at::Tensor;
 
-constexpr int64_t kChunk = 256;      // elements converted/summed at a time (on the stack)
-constexpr int64_t kRowBlocks = 64;   // fixed row blocks of the channels layout
-
-struct Layout {
-  Tensor t;  // the tensor in the chosen layout (a copy only if it was in neither)
-  bool channels_fast;
-  int64_t N, C, S;
-};
-
-at::MemoryFormat channels_last_format(const Tensor& x) {
-  return x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
-}
-
-Layout layout_of(const Tensor& x) {
-  const int64_t N = x.size(0), C = x.size(1), S = C ? x.numel() / std::max<int64_t>(N * C, 1) : 0;
-  const bool cl = (x.dim() == 4 || x.dim() == 5) && x.is_contiguous(channels_last_format(x));
-  if (x.is_contiguous() && (S == 1 || x.dim() == 2)) return {x, true, N, C, S};
-  if (cl && !x.is_contiguous()) return {x, true, N, C, S};
-  return {x.contiguous(), false, N, C, S};
-}
-
-// `t` in the layout of `like` (dy and dx follow x).
-Tensor in_layout(const Tensor& t, const Layout& like) {
-  if (!like.channels_fast || like.S == 1 || t.dim() == 2) return t.contiguous();
-  return t.contiguous(channels_last_format(t));
-}
+constexpr int64_t kChunk = 256;  // elements converted/summed at a time (on the stack)
 
 // Sum of (v[i] - center) or (v[i] - center)^2 over a contiguous run, with at::vec lanes
 // inside a chunk and a double across chunks.

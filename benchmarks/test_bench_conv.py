@@ -1,0 +1,64 @@
+"""Conv2d+LeakyReLU: fused backends vs stock eager (cuDNN/oneDNN conv + LeakyReLU) vs torch.compile.
+
+    pytest benchmarks/ --benchmark-only
+
+DCGAN discriminator layers (4x4, stride 2, padding 1). On GPU: bf16, channels_last,
+batch 128 (the issue's target case); on CPU: fp32, NCHW, batch 16 (a 2-core machine).
+"""
+
+import pytest
+import torch
+from conftest import DEVICE, environment_info, fused_backends, synchronized
+from torch import nn
+
+import fusedgan
+
+GPU = DEVICE.type == "cuda"
+BATCH = 128 if GPU else 16
+DTYPE = torch.bfloat16 if GPU else torch.float32
+# (cin, cout, input size) of the DCGAN discriminator at 64x64
+LAYERS = [(3, 64, 64), (64, 128, 32), (128, 256, 16), (256, 512, 8)]
+PROVIDERS = ["stock", "compile"] + [f"fused-{b}" for b in fused_backends()]
+
+
+def build(provider, cin, cout):
+    if provider.startswith("fused-"):
+        return fusedgan.FusedConvLeakyReLU(cin, cout, 4, 2, 1, negative_slope=0.2, backend=provider.split("-", 1)[1])
+    model = nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2))
+    return torch.compile(model) if provider == "compile" else model
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda s: f"{s[0]}to{s[1]}@{s[2]}")
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_conv_leaky_relu(benchmark, layer, provider, mode):
+    cin, cout, size = layer
+    memory_format = torch.channels_last if GPU else torch.contiguous_format
+    model = build(provider, cin, cout).to(device=DEVICE, dtype=DTYPE, memory_format=memory_format)
+    x = torch.randn(BATCH, cin, size, size, device=DEVICE, dtype=DTYPE).contiguous(memory_format=memory_format)
+    x.requires_grad_(mode != "fwd")
+    grad = torch.randn(BATCH, cout, size // 2, size // 2, device=DEVICE, dtype=DTYPE)
+
+    def step():
+        y = model(x)
+        if mode != "fwd":
+            y.backward(grad)
+
+    fn = synchronized(step)
+    for _ in range(3):
+        fn()
+    benchmark.pedantic(fn, rounds=20 if GPU else 10, iterations=3 if GPU else 1)
+    out_elements = grad.numel()
+    # Minimal traffic: read x and the weight, write y (forward); backward adds reading dy,
+    # y, x and the weight and writing dx and dweight.
+    weight_elements = cout * cin * 16
+    elements = x.numel() + weight_elements + out_elements
+    if mode != "fwd":
+        elements += 2 * out_elements + 2 * x.numel() + 2 * weight_elements
+    bytes_moved = elements * x.element_size()
+    benchmark.extra_info.update(environment_info())
+    benchmark.extra_info.update(
+        op="conv+leaky_relu", shape=[BATCH, cin, size, size, cout], provider=provider, mode=mode,
+        dtype=str(DTYPE).replace("torch.", ""), bytes=bytes_moved,
+        gbps=bytes_moved / benchmark.stats.stats.median / 1e9,
+        peak_memory=torch.cuda.max_memory_allocated() if GPU else None)
