@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from fusedgan import _extension, functional  # noqa: F401  (_extension: load _C, warn once)
 from fusedgan._backends import BackendUnavailableError, available_backends, backend_status
+from fusedgan._convert import convert
 from fusedgan.autograd import BatchNormActFunction, Conv2dLeakyReLUFunction
 from fusedgan.modules import FusedBNLeakyReLU, FusedBNReLU, FusedConvLeakyReLU
 
@@ -15,6 +16,7 @@ __all__ = [
     "FusedBNReLU",
     "FusedConvLeakyReLU",
     "available_backends",
+    "convert",
     "backend_status",
     "functional",
 ]

@@ -1,0 +1,102 @@
+"""The two GANs of the example, written with stock layers (fusedgan.convert fuses them).
+
+- "seed": the generator and discriminator of shared/seed/relu-in-gans.md, section 5.
+- "dcgan": the classic DCGAN (Radford et al.) as in the PyTorch examples, for 32x32 and
+  64x64, with the discriminator's final Sigmoid left out (the loss takes logits).
+"""
+
+from torch import nn
+
+
+class SeedGenerator(nn.Module):
+    def __init__(self, latent_dim, img_size, channels):
+        super().__init__()
+        if img_size % 8:
+            raise ValueError(f"the seed architecture needs an image size divisible by 8, got {img_size}")
+        self.latent_dim = latent_dim
+        self.img_size = img_size
+        self.channels = channels
+        # Size fix: the seed starts from img_size // 4 and its three stride-2 transposed
+        # convolutions multiply by 8, so G made 2 * img_size images that D cannot take.
+        # Starting from img_size // 8 makes G's output exactly img_size, D's input.
+        self.init_size = img_size // 8
+        self.fc = nn.Linear(latent_dim, 256 * self.init_size * self.init_size)
+        self.conv_blocks = nn.Sequential(
+            nn.ConvTranspose2d(256, 128, 4, 2, 1),
+            nn.BatchNorm2d(128),
+            nn.ReLU(),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.ConvTranspose2d(64, channels, 4, 2, 1),
+            nn.Tanh(),
+        )
+
+    def forward(self, z):
+        out = self.fc(z.flatten(1))
+        out = out.view(out.shape[0], 256, self.init_size, self.init_size)
+        return self.conv_blocks(out)
+
+
+class SeedDiscriminator(nn.Module):
+    def __init__(self, img_size, channels):
+        super().__init__()
+        self.conv_blocks = nn.Sequential(
+            nn.Conv2d(channels, 64, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(64, 128, 4, 2, 1),
+            nn.BatchNorm2d(128),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(128, 256, 4, 2, 1),
+            nn.BatchNorm2d(256),
+            nn.LeakyReLU(0.2),
+        )
+        self.fc = nn.Linear(256 * (img_size // 8) * (img_size // 8), 1)
+
+    def forward(self, img):
+        return self.fc(self.conv_blocks(img).flatten(1))
+
+
+def dcgan_generator(nz, ngf, channels, img_size):
+    if img_size not in (32, 64):
+        raise ValueError(f"the classic DCGAN is built for 32x32 or 64x64 images, got {img_size}")
+    widths = [ngf * 8, ngf * 4, ngf * 2, ngf] if img_size == 64 else [ngf * 4, ngf * 2, ngf]
+    layers = [nn.ConvTranspose2d(nz, widths[0], 4, 1, 0, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
+    for cin, cout in zip(widths, widths[1:]):
+        layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+    layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def dcgan_discriminator(ndf, channels, img_size):
+    if img_size not in (32, 64):
+        raise ValueError(f"the classic DCGAN is built for 32x32 or 64x64 images, got {img_size}")
+    widths = [ndf, ndf * 2, ndf * 4, ndf * 8] if img_size == 64 else [ndf, ndf * 2, ndf * 4]
+    layers = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+    for cin, cout in zip(widths, widths[1:]):
+        layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)]
+    layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+def dcgan_init(module):
+    """N(0, 0.02) for convolutions, N(1, 0.02) and zero bias for BatchNorm (Radford et al.)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def build(arch, latent_dim, img_size, channels):
+    """(generator, discriminator, noise shape per sample) with stock layers."""
+    if arch == "seed":
+        generator, discriminator = SeedGenerator(latent_dim, img_size, channels), SeedDiscriminator(img_size, channels)
+        noise_shape = (latent_dim,)
+    else:
+        generator = dcgan_generator(latent_dim, 64, channels, img_size)
+        discriminator = dcgan_discriminator(64, channels, img_size)
+        noise_shape = (latent_dim, 1, 1)
+    generator.apply(dcgan_init)
+    discriminator.apply(dcgan_init)
+    return generator, discriminator, noise_shape
