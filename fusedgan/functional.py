@@ -117,6 +117,11 @@ def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1,
     """leaky_relu(conv2d(input, weight, bias), negative_slope) in one op (negative_slope=0 is
     ReLU); the arguments of torch.nn.functional.conv2d, with zero padding."""
     _check_input(input)
+    if isinstance(weight, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
+        # As torch's conv2d under autocast: run in the autocast dtype (casts are differentiable).
+        dtype = torch.get_autocast_dtype(input.device.type)
+        input, weight = input.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
     if input.dim() != 4:
         raise ValueError(f"input must have shape (N, C, H, W), got {input.dim()}D input of shape {tuple(input.shape)}")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:

@@ -188,3 +188,16 @@ def test_bad_inputs():
         FusedConvLeakyReLU(3, 4, 3, negative_slope=-1.0)
     with pytest.raises(ValueError, match="bias must have shape"):
         conv2d_leaky_relu(torch.randn(2, 3, 8, 8), w, torch.zeros(5))
+
+
+def test_autocast_matches_stock(device_backend):
+    device, backend = device_backend
+    dtype = torch.bfloat16
+    fused, stock = make_pair((4, 6, 3, 1, 1, 1, 2, 8, 8, True), 0.2, backend, device, dtype=torch.float32)
+    x = torch.randn(2, 4, 8, 8, device=device)
+    with torch.autocast(device, dtype=dtype):
+        y, y_ref = fused(x), stock(x)
+    assert y.dtype == y_ref.dtype == dtype
+    assert rel_err(y, y_ref) < 1e-2  # both bf16: a few bf16 roundings apart at most
+    y.float().sum().backward()
+    assert fused.weight.grad.dtype == torch.float32
