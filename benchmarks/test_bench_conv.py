@@ -8,6 +8,7 @@ batch 128 (the issue's target case); on CPU: fp32, NCHW, batch 16 (a 2-core mach
 
 import pytest
 import torch
+from byte_model import conv_act_bytes
 from conftest import DEVICE, environment_info, fused_backends, synchronized
 from torch import nn
 
@@ -48,14 +49,7 @@ def test_conv_leaky_relu(benchmark, layer, provider, mode):
     for _ in range(3):
         fn()
     benchmark.pedantic(fn, rounds=20 if GPU else 10, iterations=3 if GPU else 1)
-    out_elements = grad.numel()
-    # Minimal traffic: read x and the weight, write y (forward); backward adds reading dy,
-    # y, x and the weight and writing dx and dweight.
-    weight_elements = cout * cin * 16
-    elements = x.numel() + weight_elements + out_elements
-    if mode != "fwd":
-        elements += 2 * out_elements + 2 * x.numel() + 2 * weight_elements
-    bytes_moved = elements * x.element_size()
+    bytes_moved = conv_act_bytes(x.numel(), cout * cin * 16, grad.numel(), x.element_size(), mode)
     benchmark.extra_info.update(environment_info())
     benchmark.extra_info.update(
         op="conv+leaky_relu", shape=[BATCH, cin, size, size, cout], provider=provider, mode=mode,

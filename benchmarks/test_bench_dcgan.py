@@ -1,0 +1,73 @@
+"""A full DCGAN training step (D step, then G step, Adam) per provider: stock eager,
+fusedgan.convert with each fused backend, torch.compile of the stock models.
+
+    pytest benchmarks/ --benchmark-only
+
+GPU: 64x64 images at batch 128, fp32 and bf16 autocast. CPU: 32x32 at batch 64, fp32.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DEVICE, QUICK, environment_info, fused_backends, synchronized
+
+import fusedgan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import dcgan_models  # noqa: E402
+
+GPU = DEVICE.type == "cuda"
+IMG, BATCH = (64, 128) if GPU else (32, 64)
+PROVIDERS = ["stock", "compile"] + [f"fused-{b}" for b in fused_backends()]
+PRECISIONS = ["fp32", "bf16"] if GPU else ["fp32"]
+
+
+def make_step(arch, provider, precision):
+    torch.manual_seed(0)
+    generator, discriminator, noise_shape = dcgan_models.build(arch, 100, IMG, 3)
+    if provider.startswith("fused-"):
+        backend = provider.split("-", 1)[1]
+        generator, discriminator = (fusedgan.convert(m, backend=backend) for m in (generator, discriminator))
+    generator, discriminator = generator.to(DEVICE), discriminator.to(DEVICE)
+    opt_g = torch.optim.Adam(generator.parameters(), 2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), 2e-4, betas=(0.5, 0.999))
+    if provider == "compile":
+        generator, discriminator = torch.compile(generator), torch.compile(discriminator)
+    loss = torch.nn.BCEWithLogitsLoss()
+    real = torch.rand(BATCH, 3, IMG, IMG, device=DEVICE) * 2 - 1
+    ones, zeros = torch.ones(BATCH, 1, device=DEVICE), torch.zeros(BATCH, 1, device=DEVICE)
+    autocast = dict(device_type=DEVICE.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step():
+        with torch.autocast(**autocast):
+            fake = generator(torch.randn(BATCH, *noise_shape, device=DEVICE))
+            loss_d = loss(discriminator(real).float(), ones) + loss(discriminator(fake.detach()).float(), zeros)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        with torch.autocast(**autocast):
+            loss_g = loss(discriminator(fake).float(), ones)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+    return step
+
+
+@pytest.mark.parametrize("arch", ["dcgan"] if QUICK else ["dcgan", "seed"])
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_dcgan_training_step(benchmark, arch, provider, precision):
+    fn = synchronized(make_step(arch, provider, precision))
+    for _ in range(3):
+        fn()
+    if GPU:
+        torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(fn, rounds=15 if GPU else 5, iterations=1)
+    benchmark.extra_info.update(environment_info())
+    benchmark.extra_info.update(
+        op=f"dcgan-step-{arch}", shape=[BATCH, 3, IMG, IMG], provider=provider, mode="train step",
+        dtype=precision, bytes=None, gbps=None, images_per_s=BATCH / benchmark.stats.stats.median,
+        peak_memory=torch.cuda.max_memory_allocated() if GPU else None)
