@@ -66,6 +66,50 @@ double run_sum(const scalar_t* v, int64_t n, opmath_t center) {
   return total;
 }
 
+// Rows [r0, r1) of the channels layout, as functions with __restrict__ arguments: with
+// fp32 data, the output and the per-channel arrays share a type, and without the promise
+// that they do not overlap the compiler reloads every array each step and stops vectorizing.
+template <typename scalar_t, typename opmath_t, int act>
+void grad_sums_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, int64_t r0, int64_t r1,
+                    int64_t C, const opmath_t* __restrict__ mean, const opmath_t* __restrict__ scale,
+                    const opmath_t* __restrict__ bias, opmath_t slope, opmath_t* __restrict__ acc_dz,
+                    opmath_t* __restrict__ acc_dzx) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const opmath_t xv = x[r * C + c];
+      const opmath_t dz = activation_grad<opmath_t>(dy[r * C + c], pre_activation(xv, mean[c], scale[c], bias[c]),
+                                                    slope, act);
+      acc_dz[c] += dz;
+      acc_dzx[c] += dz * (xv - mean[c]);
+    }
+}
+
+template <typename scalar_t, typename opmath_t, int act>
+void grad_input_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, scalar_t* __restrict__ out,
+                     int64_t r0, int64_t r1, int64_t C, const opmath_t* __restrict__ mean,
+                     const opmath_t* __restrict__ invstd, const opmath_t* __restrict__ scale,
+                     const opmath_t* __restrict__ bias, const opmath_t* __restrict__ mean_dz,
+                     const opmath_t* __restrict__ mean_dzx, opmath_t slope, bool training) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const opmath_t xv = x[r * C + c];
+      const opmath_t dz = activation_grad<opmath_t>(dy[r * C + c], pre_activation(xv, mean[c], scale[c], bias[c]),
+                                                    slope, act);
+      out[r * C + c] = static_cast<scalar_t>(
+          grad_input(dz, (xv - mean[c]) * invstd[c], scale[c], mean_dz[c], mean_dzx[c], training));
+    }
+}
+
+template <typename scalar_t, typename opmath_t, int act>
+void apply_rows(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t r0, int64_t r1, int64_t C,
+                const opmath_t* __restrict__ mean, const opmath_t* __restrict__ scale,
+                const opmath_t* __restrict__ bias, opmath_t slope) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < C; ++c)
+      y[r * C + c] =
+          static_cast<scalar_t>(activation(pre_activation<opmath_t>(x[r * C + c], mean[c], scale[c], bias[c]), slope, act));
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------
@@ -149,10 +193,7 @@ void forward_channels(const Layout& L, const std::vector<double>& w, const std::
   for (int64_t c = 0; c < C; ++c)
     mean[c] = mean_v[c], scale[c] = w[c] / std::sqrt(var_v[c] + eps), bias[c] = b[c];
   at::parallel_for(0, R, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)), [&, slope, x, y](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < C; ++c)
-        y[r * C + c] =
-            static_cast<scalar_t>(activation(pre_activation<opmath_t>(x[r * C + c], mean[c], scale[c], bias[c]), slope, act));
+    apply_rows<scalar_t, opmath_t, act>(x, y, r0, r1, C, mean.data(), scale.data(), bias.data(), slope);
   });
 }
 
@@ -261,31 +302,36 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
         return;
       }
       // Channels layout: fixed row blocks of per-channel partial sums, added in block order.
+      // Per-channel values as separate arrays, so the loops over channels vectorize.
       const int64_t blocks = std::min(kRowBlocks, R);
       std::vector<double> block_dz(blocks * C, 0.0), block_dzx(blocks * C, 0.0);
-      std::vector<Element> elements;
-      for (int64_t c = 0; c < C; ++c) elements.push_back(element(c));
-      at::parallel_for(0, blocks, 1, [&, x, dy](int64_t b0, int64_t b1) {
+      std::vector<opmath_t> mean(C), invstd(C), scale(C), bias(C), mean_dz(C), mean_dzx(C);
+      for (int64_t c = 0; c < C; ++c) {
+        const Element e = element(c);
+        mean[c] = e.mean, invstd[c] = e.invstd, scale[c] = e.scale, bias[c] = e.bias;
+      }
+      at::parallel_for(0, blocks, 1, [&, x, dy, slope](int64_t b0, int64_t b1) {
+        std::vector<opmath_t> acc_dz(C), acc_dzx(C);
         for (int64_t blk = b0; blk < b1; ++blk) {
-          double* acc_dz = &block_dz[blk * C];
-          double* acc_dzx = &block_dzx[blk * C];
-          for (int64_t r = blk * R / blocks; r < (blk + 1) * R / blocks; ++r)
-            for (int64_t c = 0; c < C; ++c) {
-              const opmath_t xv = x[r * C + c], dz = elements[c].dz(xv, dy[r * C + c]);
-              acc_dz[c] += dz;
-              acc_dzx[c] += static_cast<double>(dz * (xv - elements[c].mean));
-            }
+          // opmath partials over at most R / 64 rows, then double across blocks.
+          std::fill(acc_dz.begin(), acc_dz.end(), opmath_t(0));
+          std::fill(acc_dzx.begin(), acc_dzx.end(), opmath_t(0));
+          grad_sums_rows<scalar_t, opmath_t, A>(x, dy, blk * R / blocks, (blk + 1) * R / blocks, C, mean.data(),
+                                                scale.data(), bias.data(), slope, acc_dz.data(), acc_dzx.data());
+          for (int64_t c = 0; c < C; ++c) block_dz[blk * C + c] = acc_dz[c], block_dzx[blk * C + c] = acc_dzx[c];
         }
       });
       for (int64_t blk = 0; blk < blocks; ++blk)
         for (int64_t c = 0; c < C; ++c) dbias[c] += block_dz[blk * C + c], dweight[c] += block_dzx[blk * C + c];
       for (int64_t c = 0; c < C; ++c) {
-        dweight[c] *= elements[c].invstd;
-        elements[c] = element(c);
+        dweight[c] *= invstd[c];
+        const Element e = element(c);
+        mean_dz[c] = e.mean_dz, mean_dzx[c] = e.mean_dz_xhat;
       }
-      at::parallel_for(0, R, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)), [&, x, dy, out](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c) out[r * C + c] = static_cast<scalar_t>(elements[c].dx(x[r * C + c], dy[r * C + c]));
+      at::parallel_for(0, R, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)),
+                       [&, x, dy, out, slope](int64_t r0, int64_t r1) {
+        grad_input_rows<scalar_t, opmath_t, A>(x, dy, out, r0, r1, C, mean.data(), invstd.data(), scale.data(),
+                                               bias.data(), mean_dz.data(), mean_dzx.data(), slope, training);
       });
     });
   });
