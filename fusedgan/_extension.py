@@ -30,13 +30,19 @@ def _has_kernel(op, dispatch_key):
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedgan::{op}", dispatch_key)
 
 
+# Read once at import: why_unusable then stays plain Python, which torch.compile traces
+# without a graph break.
+_HAS_KERNELS = {key: _load_error is None and all(_has_kernel(op, key) for op in _OPS) for key in ("CPU", "CUDA")}
+_CPU_LACKS_AVX2 = torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+
+
 def why_unusable(backend):
     if _load_error is not None:
         return f"{_load_error}; to fix, {_FIX}"
-    if backend == "cpu" and torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+    if backend == "cpu" and _CPU_LACKS_AVX2:
         return "the C++ CPU kernels are built for x86-64 with AVX2/FMA, which this processor lacks"
     key = "CUDA" if backend == "cuda" else "CPU"
-    if not all(_has_kernel(op, key) for op in _OPS):
+    if not _HAS_KERNELS[key]:
         return (f"fusedgan._C was built without {backend} kernels; rebuild with FUSEDGAN_BUILD_CUDA=1 "
                 "and nvcc on PATH (or CUDA_HOME set)")
     return None
@@ -68,8 +74,13 @@ def _leaky_relu_grad_bias(dy, y, slope, has_bias):
     return dz, (db if has_bias else None)
 
 
+# The backend object for "cpu" and "cuda" (the dispatcher picks the kernel by device),
+# built once so that torch.compile sees a plain global.
+_BACKEND = None
+if _load_error is None:
+    _BACKEND = types.SimpleNamespace(**{op: getattr(torch.ops.fusedgan, op) for op in _OPS})
+    _BACKEND.leaky_relu_grad_bias = _leaky_relu_grad_bias
+
+
 def ops(backend):
-    """The backend object for "cpu" and "cuda": the dispatcher picks the kernel by device."""
-    functions = {op: getattr(torch.ops.fusedgan, op) for op in _OPS}
-    functions["leaky_relu_grad_bias"] = _leaky_relu_grad_bias
-    return types.SimpleNamespace(**functions)
+    return _BACKEND
