@@ -31,39 +31,67 @@ using at::Tensor;
 
 constexpr int64_t kChunk = 256;  // elements converted/summed at a time (on the stack)
 
-// Sum of (v[i] - center) or (v[i] - center)^2 over a contiguous run, with at::vec lanes
-// inside a chunk and a double across chunks.
-template <bool squared, typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
-double run_sum(const scalar_t* v, int64_t n, opmath_t center) {
+// A sum of (v - center) or (v - center)^2 over many short runs: at::vec lanes accumulate
+// across runs (no reduction per run, which would dominate when H*W is small) and are
+// flushed into a double every kFlush elements, so each fp32 lane adds at most
+// kFlush / lanes terms.
+template <typename opmath_t>
+struct LaneSum {
   using Vec = at::vec::Vectorized<opmath_t>;
-  opmath_t buf[kChunk];
+  static constexpr int64_t kFlush = 1024;
+  Vec acc = Vec(opmath_t(0));
+  opmath_t tail = 0;
   double total = 0;
-  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-    const int64_t len = std::min(kChunk, n - i0);
-    const opmath_t* p;
-    if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-      p = v + i0;
-    } else {
-      for (int64_t i = 0; i < len; ++i) buf[i] = static_cast<opmath_t>(v[i0 + i]);
-      p = buf;
-    }
+  int64_t pending = 0;
+
+  template <bool squared>
+  void add(const opmath_t* p, int64_t len, opmath_t center) {
     const Vec c(center);
-    Vec acc(opmath_t(0));
     int64_t i = 0;
     for (; i + Vec::size() <= len; i += Vec::size()) {
       const Vec d = Vec::loadu(p + i) - c;
       if constexpr (squared) acc = at::vec::fmadd(d, d, acc);
       else acc = acc + d;
     }
-    opmath_t part = at::vec::vec_reduce_all<opmath_t>([](Vec& a, Vec& b) { return a + b; }, acc);
     for (; i < len; ++i) {
       const opmath_t d = p[i] - center;
-      if constexpr (squared) part += d * d;
-      else part += d;
+      if constexpr (squared) tail += d * d;
+      else tail += d;
     }
-    total += part;
+    pending += len;
+    if (pending >= kFlush) flush();
   }
-  return total;
+  void flush() {
+    total += static_cast<double>(at::vec::vec_reduce_all<opmath_t>([](Vec& a, Vec& b) { return a + b; }, acc)) +
+             static_cast<double>(tail);
+    acc = Vec(opmath_t(0));
+    tail = 0;
+    pending = 0;
+  }
+  double result() {
+    flush();
+    return total;
+  }
+};
+
+// Calls f(pointer, length) over channel c's runs in chunks of at most kChunk opmath values
+// (converted into a stack buffer when scalar_t is not opmath_t).
+template <typename scalar_t, typename F>
+void for_channel_chunks(const scalar_t* x, int64_t N, int64_t C, int64_t S, int64_t c, F&& f) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  opmath_t buf[kChunk];
+  for (int64_t i = 0; i < N; ++i) {
+    const scalar_t* run = x + (i * C + c) * S;
+    for (int64_t s0 = 0; s0 < S; s0 += kChunk) {
+      const int64_t len = std::min(kChunk, S - s0);
+      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+        f(run + s0, len);
+      } else {
+        for (int64_t k = 0; k < len; ++k) buf[k] = static_cast<opmath_t>(run[s0 + k]);
+        f(static_cast<const opmath_t*>(buf), len);
+      }
+    }
+  }
 }
 
 // Rows [r0, r1) of the channels layout, as functions with __restrict__ arguments: with
@@ -132,15 +160,15 @@ void forward_rows(const Layout& L, const std::vector<double>& w, const std::vect
   at::parallel_for(0, C, 1, [&, slope, x, y](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       if (training) {
-        double n = 0, mean = 0, m2 = 0;
-        for (int64_t i = 0; i < N; ++i) {
-          const scalar_t* run = x + (i * C + c) * S;
-          const double run_mean = run_sum<false>(run, S, opmath_t(0)) / S;
-          const double run_m2 = run_sum<true>(run, S, static_cast<opmath_t>(run_mean));
-          welford_merge<double>(n, mean, m2, double(S), run_mean, run_m2);
-        }
+        // Exact two-pass statistics over the channel (its slice is in cache for the second).
+        LaneSum<opmath_t> sum, m2;
+        for_channel_chunks(x, N, C, S, c, [&](const opmath_t* p, int64_t len) { sum.template add<false>(p, len, 0); });
+        const double mean = sum.result() / double(N * S);
+        for_channel_chunks(x, N, C, S, c, [&](const opmath_t* p, int64_t len) {
+          m2.template add<true>(p, len, static_cast<opmath_t>(mean));
+        });
         mean_v[c] = mean;
-        var_v[c] = m2 / n;
+        var_v[c] = m2.result() / double(N * S);
       }
       const opmath_t mean = mean_v[c], scale = w[c] / std::sqrt(var_v[c] + eps), bias = b[c];
       for (int64_t i = 0; i < N; ++i) {
@@ -276,7 +304,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
           opmath_t dz_buf[kChunk], dzx_buf[kChunk];
           for (int64_t c = c0; c < c1; ++c) {
             const Element e = element(c);
-            double sum_dz = 0, sum_dz_xmu = 0;
+            LaneSum<opmath_t> sum_dz, sum_dz_xmu;
             for (int64_t i = 0; i < N; ++i) {
               const int64_t base = (i * C + c) * S;
               for (int64_t s0 = 0; s0 < S; s0 += kChunk) {
@@ -286,12 +314,12 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
                   dz_buf[s] = e.dz(xv, dy[base + s0 + s]);
                   dzx_buf[s] = dz_buf[s] * (xv - e.mean);
                 }
-                sum_dz += run_sum<false>(dz_buf, len, opmath_t(0));
-                sum_dz_xmu += run_sum<false>(dzx_buf, len, opmath_t(0));
+                sum_dz.template add<false>(dz_buf, len, 0);
+                sum_dz_xmu.template add<false>(dzx_buf, len, 0);
               }
             }
-            dbias[c] = sum_dz;
-            dweight[c] = sum_dz_xmu * e.invstd;
+            dbias[c] = sum_dz.result();
+            dweight[c] = sum_dz_xmu.result() * e.invstd;
             const Element full = element(c);
             for (int64_t i = 0; i < N; ++i) {
               const int64_t base = (i * C + c) * S;
