@@ -2,13 +2,13 @@
 //
 // Two layouts are read in place:
 //  - rows (contiguous NCHW): each (n, c) is a run of S contiguous values. Threads take
-//    whole channels; a channel's statistics are a Chan merge of its runs' exact two-pass
-//    (mean, M2), each run re-read from L1/L2 rather than memory.
+//    whole channels; a channel's statistics are an exact two-pass (mean, then the sum of
+//    squared deviations) over its runs, and its output follows while the slice is in cache.
 //  - channels (channels_last, and (N, C) inputs): each of the R = N*S rows holds C
 //    contiguous channels. Rows are cut into a fixed number of blocks, each block reduces
 //    into per-channel partials, and the partials are merged in block order.
 // Any other layout is copied to contiguous first. The work split never depends on the
-// number of threads, so results are bitwise repeatable. Sums accumulate in double.
+// number of threads, so results are bitwise repeatable. Sums flush into double (LaneSum).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
