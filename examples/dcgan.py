@@ -3,6 +3,7 @@
     python examples/dcgan.py                          # digits, classic DCGAN 32x32, fused, CPU
     python examples/dcgan.py --arch seed --impl stock --epochs 5
     python examples/dcgan.py --compare 5              # stock vs fused from one seed, K steps
+    torchrun --nproc_per_node=2 examples/dcgan.py     # DDP, BatchNorm statistics synced over ranks
 
 Data: by default the 8x8 handwritten digits scikit-learn ships (load_digits), resized to
 the image size and scaled to [-1, 1]; or --data folder:PATH (a folder of images),
@@ -13,6 +14,14 @@ loss_curve.png, log.json (losses every step, metrics every epoch) and checkpoint
 (--resume continues from it). With digits, a small classifier trained once on the same
 data (cached) scores the samples every epoch: the mean confidence of its predictions and
 how many of the 10 digits appear.
+
+Under torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel (NCCL on GPUs,
+gloo on CPUs): each rank takes its share of every batch (--batch-size is the global
+batch), and the fused BatchNorms synchronize their statistics across ranks
+(fusedgan.convert(..., sync_batchnorm=True)), so every BatchNorm normalises over the
+global batch, as in one process. Stock layers use nn.SyncBatchNorm on GPUs; it has no CPU
+implementation, so stock on CPUs keeps per-rank statistics (a notice says so). Rank 0
+writes the pictures, the log and the checkpoint.
 """
 
 import argparse
@@ -25,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
@@ -178,18 +188,34 @@ def sample_quality(classifier, samples):
 # ---------------------------------------------------------------------------------------
 
 
+def _distributed():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def make_models(args, channels, device, impl):
+    """(G and D to call, the noise shape, the bare G and D: what is saved and optimised)."""
     torch.manual_seed(args.seed)
     generator, discriminator, noise_shape = dcgan_models.build(args.arch, args.latent_dim, args.img_size, channels)
+    sync = _distributed()
     if impl == "fused":
-        generator = fusedgan.convert(generator, backend=args.backend)
-        discriminator = fusedgan.convert(discriminator, backend=args.backend)
+        generator = fusedgan.convert(generator, backend=args.backend, sync_batchnorm=sync)
+        discriminator = fusedgan.convert(discriminator, backend=args.backend, sync_batchnorm=sync)
+    elif sync and device.type == "cuda":
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+    elif sync and dist.get_rank() == 0:
+        print("notice: stock nn.SyncBatchNorm runs only on GPUs; the stock layers keep per-rank statistics")
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     generator = generator.to(device, memory_format=memory_format)
     discriminator = discriminator.to(device, memory_format=memory_format)
+    run_g, run_d = generator, discriminator
+    if sync:
+        ids = [device.index] if device.type == "cuda" else None
+        run_g = nn.parallel.DistributedDataParallel(generator, device_ids=ids)
+        run_d = nn.parallel.DistributedDataParallel(discriminator, device_ids=ids)
     if impl == "compile":
-        return torch.compile(generator), torch.compile(discriminator), noise_shape, generator, discriminator
-    return generator, discriminator, noise_shape, generator, discriminator
+        run_g, run_d = torch.compile(run_g), torch.compile(run_d)
+    return run_g, run_d, noise_shape, generator, discriminator
 
 
 class Trainer:
@@ -204,13 +230,15 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
         self.loss = nn.BCEWithLogitsLoss()
-        self.order = torch.Generator().manual_seed(args.seed)
-        self.noise = torch.Generator(device=device).manual_seed(args.seed + 1)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+        self.order = torch.Generator().manual_seed(args.seed)  # the same batches on every rank
+        self.noise = torch.Generator(device=device).manual_seed(args.seed + 1 + self.rank)
 
     def batches(self):
+        """This rank's share of each global batch."""
         for index in torch.randperm(len(self.data), generator=self.order).split(self.args.batch_size):
-            if len(index) > 1:  # BatchNorm needs two samples
-                yield self.data[index].to(self.device)
+            if len(index) >= 2 * self.world:  # BatchNorm needs two samples (on every rank)
+                yield self.data[index[self.rank::self.world]].to(self.device)
 
     def sample_noise(self, n):
         return torch.randn((n, *self.noise_shape), generator=self.noise, device=self.device)
@@ -271,12 +299,32 @@ def compare(args, data, channels, device):
     return 0 if ok else 1
 
 
+def end_of_epoch(trainer, classifier, fixed_noise, epoch, log, out):
+    """Samples from the fixed noise, the classifier's score, a log line and the checkpoint."""
+    trainer.G_raw.eval()
+    with torch.no_grad(), torch.autocast(trainer.device.type, dtype=trainer.amp_dtype,
+                                         enabled=trainer.amp_dtype is not None):
+        samples = trainer.G_raw(fixed_noise).float()
+    trainer.G_raw.train()
+    save_grid(samples, out / f"samples_epoch{epoch + 1:03d}.png")
+    entry = {"epoch": epoch + 1, "loss_d": log["steps"][-1]["loss_d"], "loss_g": log["steps"][-1]["loss_g"]}
+    if classifier is not None:
+        entry["classifier_score"], entry["class_coverage"] = sample_quality(classifier, samples)
+    log["epochs"].append(entry)
+    print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()), flush=True)
+    state = trainer.state(epoch, log)
+    state["fixed_noise"] = fixed_noise
+    torch.save(state, out / "checkpoint.pt")
+
+
 def train(args, data, labels, channels, device):
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(args, data, channels, device, args.impl)
+    writer = trainer.rank == 0
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     fixed_noise = trainer.sample_noise(64)
-    classifier = digit_classifier(data, labels, args.img_size, device) if labels is not None else None
+    classifier = digit_classifier(data, labels, args.img_size, device) if labels is not None and writer else None
     log, start = {"args": vars(args), "steps": [], "epochs": []}, 0
     checkpoint = out / "checkpoint.pt"
     if args.resume:
@@ -300,34 +348,25 @@ def train(args, data, labels, channels, device):
             log["steps"].append({"epoch": epoch, "loss_d": loss_d, "loss_g": loss_g})
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss_d=f"{loss_d:.3f}", loss_g=f"{loss_g:.3f}")
-            images += real.shape[0]
+            images += real.shape[0] * trainer.world
             steps += 1
             if args.max_steps and steps >= args.max_steps:
                 break
-        trainer.G_raw.eval()
-        with torch.no_grad(), torch.autocast(device.type, dtype=trainer.amp_dtype,
-                                             enabled=trainer.amp_dtype is not None):
-            samples = trainer.G(fixed_noise).float()
-        trainer.G_raw.train()
-        save_grid(samples, out / f"samples_epoch{epoch + 1:03d}.png")
-        entry = {"epoch": epoch + 1, "loss_d": log["steps"][-1]["loss_d"], "loss_g": log["steps"][-1]["loss_g"]}
-        if classifier is not None:
-            entry["classifier_score"], entry["class_coverage"] = sample_quality(classifier, samples)
-        log["epochs"].append(entry)
-        print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()), flush=True)
-        state = trainer.state(epoch, log)
-        state["fixed_noise"] = fixed_noise
-        torch.save(state, checkpoint)
+        if writer:
+            end_of_epoch(trainer, classifier, fixed_noise, epoch, log, out)
         if args.max_steps and steps >= args.max_steps:
             break
     elapsed = time.perf_counter() - started
+    if not writer:
+        return 0
     save_loss_curve(log["steps"], out / "loss_curve.png")
     (out / "log.json").write_text(json.dumps(log, indent=1))
     rate = images / elapsed if elapsed > 0 else float("nan")
     memory = ""
     if device.type == "cuda":
         memory = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
-    print(f"done: {args.impl} {args.arch} on {device}, {images} images in {elapsed:.1f} s "
+    ranks = f" x {trainer.world} processes" if trainer.world > 1 else ""
+    print(f"done: {args.impl} {args.arch} on {device}{ranks}, {images} images in {elapsed:.1f} s "
           f"({rate:.1f} images/s{memory}); wrote {out}/samples_epoch*.png, loss_curve.png, log.json, checkpoint.pt")
     return 0
 
@@ -356,6 +395,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    if under_torchrun:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         data, labels = load_data(args.data, args.img_size, args.seed)
         channels = data.shape[1]
@@ -365,6 +410,9 @@ def main(argv=None):
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if under_torchrun:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

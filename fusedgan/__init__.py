@@ -6,17 +6,20 @@ from fusedgan import _extension, functional  # noqa: F401  (_extension: load _C,
 from fusedgan._backends import BackendUnavailableError, available_backends, backend_status
 from fusedgan._convert import convert
 from fusedgan.autograd import BatchNormActFunction, Conv2dLeakyReLUFunction
-from fusedgan.modules import FusedBNLeakyReLU, FusedBNReLU, FusedConvLeakyReLU
+from fusedgan.distributed import SyncBatchNormActFunction
+from fusedgan.modules import FusedBatchNorm, FusedBNLeakyReLU, FusedBNReLU, FusedConvLeakyReLU
 
 __all__ = [
     "BackendUnavailableError",
     "BatchNormActFunction",
     "Conv2dLeakyReLUFunction",
+    "FusedBatchNorm",
     "FusedBNLeakyReLU",
     "FusedBNReLU",
     "FusedConvLeakyReLU",
     "available_backends",
     "convert",
     "backend_status",
+    "SyncBatchNormActFunction",
     "functional",
 ]

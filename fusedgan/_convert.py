@@ -7,6 +7,12 @@ first layer's place and the activation's slot becomes nn.Identity, so every stat
 stays the same: the converted model loads the original's checkpoints and vice versa. The
 fused modules take over the very Parameter and buffer objects (so requires_grad, device,
 dtype and an optimizer built on them carry over) and the train/eval mode.
+
+sync_batchnorm=True makes every fused BatchNorm synchronize its statistics across the
+ranks of process_group (the fused form of nn.SyncBatchNorm.convert_sync_batchnorm), and
+turns the BatchNorms no activation follows into FusedBatchNorm(sync=True), so that none is
+left unsynchronized. An nn.SyncBatchNorm followed by an activation is fused with sync on
+and its own process group.
 """
 
 import copy
@@ -15,13 +21,13 @@ import logging
 from torch import nn
 
 from fusedgan._backends import check_backend_name
-from fusedgan.modules import FusedBNLeakyReLU, FusedBNReLU, FusedConvLeakyReLU
+from fusedgan.modules import FusedBatchNorm, FusedBNLeakyReLU, FusedBNReLU, FusedConvLeakyReLU
 
 __all__ = ["convert"]
 
 logger = logging.getLogger("fusedgan.convert")
 
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
 
 
@@ -37,17 +43,24 @@ def _take_state(fused, original):
     return fused
 
 
-def _fuse_pair(layer, activation, backend):
+def _sync_args(layer, sync, process_group):
+    if isinstance(layer, nn.SyncBatchNorm):
+        return {"sync": True, "process_group": layer.process_group}
+    return {"sync": sync, "process_group": process_group if sync else None}
+
+
+def _fuse_pair(layer, activation, backend, sync=False, process_group=None):
     """(fused module, None) or (None, why the pair is left alone)."""
     if type(layer) in _BATCH_NORMS:
         if layer._forward_hooks or layer._forward_pre_hooks or activation._forward_hooks:
             return None, "has forward hooks, which fusing would bypass"
+        sync_args = _sync_args(layer, sync, process_group)
         if isinstance(activation, nn.ReLU):
             fused = FusedBNReLU(layer.num_features, layer.eps, layer.momentum, layer.affine,
-                                layer.track_running_stats, backend=backend)
+                                layer.track_running_stats, backend=backend, **sync_args)
         else:
             fused = FusedBNLeakyReLU(layer.num_features, _slope(activation), layer.eps, layer.momentum, layer.affine,
-                                     layer.track_running_stats, backend=backend)
+                                     layer.track_running_stats, backend=backend, **sync_args)
         return _take_state(fused, layer), None
     if type(layer) is nn.Conv2d:
         if layer._forward_hooks or layer._forward_pre_hooks or activation._forward_hooks:
@@ -62,7 +75,7 @@ def _fuse_pair(layer, activation, backend):
     return None, f"{type(layer).__name__} has no fused form"
 
 
-def convert(module, *, backend="auto", inplace=False, return_report=False):
+def convert(module, *, backend="auto", inplace=False, return_report=False, sync_batchnorm=False, process_group=None):
     """Fuse BatchNorm+ReLU/LeakyReLU and Conv2d+LeakyReLU/ReLU pairs of `module`.
 
     Returns the converted model (a deep copy unless inplace=True), or (model, report) with
@@ -70,6 +83,8 @@ def convert(module, *, backend="auto", inplace=False, return_report=False):
     Each decision is also logged to the "fusedgan.convert" logger at INFO level.
     """
     check_backend_name(backend)
+    if process_group is not None and not sync_batchnorm:
+        raise ValueError("process_group is only used with sync_batchnorm=True")
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     model = module if inplace else copy.deepcopy(module)
@@ -87,7 +102,7 @@ def convert(module, *, backend="auto", inplace=False, return_report=False):
                 report.append((qualified, "left alone", f"followed by {type(activation).__name__}, "
                                                         "not ReLU or LeakyReLU"))
                 continue
-            fused, why = _fuse_pair(layer, activation, backend)
+            fused, why = _fuse_pair(layer, activation, backend, sync_batchnorm, process_group)
             if fused is None:
                 report.append((qualified, "left alone", why))
                 continue
@@ -95,11 +110,21 @@ def convert(module, *, backend="auto", inplace=False, return_report=False):
             container._modules[next_name] = nn.Identity()
             report.append((qualified, "fused", f"{type(layer).__name__} + {type(activation).__name__} -> "
                                               f"{type(fused).__name__}"))
-    fused_types = (FusedBNReLU, FusedBNLeakyReLU, FusedConvLeakyReLU)
-    for name, child in model.named_modules():
+    fused_types = (FusedBatchNorm, FusedBNReLU, FusedBNLeakyReLU, FusedConvLeakyReLU)
+    for name, child in list(model.named_modules()):
+        if sync_batchnorm and isinstance(child, fused_types[:3]) and not child.sync:  # fused before: sync it now
+            child.sync, child.process_group = True, process_group
         if not isinstance(child, (nn.modules.batchnorm._BatchNorm, nn.Conv2d)) or isinstance(child, fused_types):
             continue
-        if not any(r[0] == name for r in report):
+        if sync_batchnorm and type(child) in _BATCH_NORMS[:3] and not child._forward_hooks \
+                and not child._forward_pre_hooks:
+            parent, _, attr = name.rpartition(".")
+            lone = FusedBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                  child.track_running_stats, backend=backend, sync=True, process_group=process_group)
+            setattr(model.get_submodule(parent), attr, _take_state(lone, child))
+            report = [r for r in report if r[0] != name]
+            report.append((name, "fused", f"{type(child).__name__} -> FusedBatchNorm (sync_batchnorm=True)"))
+        elif not any(r[0] == name for r in report):
             supported = type(child) in _BATCH_NORMS or type(child) is nn.Conv2d
             why = "not followed by an activation inside an nn.Sequential" if supported else \
                 f"{type(child).__name__} has no fused form"

@@ -8,6 +8,7 @@ import torch
 from fusedgan._activation import IDENTITY, activation_code
 from fusedgan._backends import check_backend_name, resolve_backend
 from fusedgan.autograd import BatchNormActFunction, Conv2dLeakyReLUFunction
+from fusedgan.distributed import SyncBatchNormActFunction, sync_group_size
 
 __all__ = ["batch_norm_act", "conv2d_leaky_relu"]
 
@@ -52,21 +53,26 @@ def _check_scalar(value, name, minimum=None):
 def _update_running_stats(running_mean, running_var, mean, var, count, momentum):
     # As stock: momentum * batch + (1 - momentum) * running, with the unbiased variance.
     # momentum may be a tensor (the cumulative average 1 / num_batches_tracked), so no
-    # value is read back to the host.
+    # value is read back to the host. count is a tensor under sync=True: the total over
+    # every rank, which may be 0 (every rank's batch empty: nothing to update).
     with torch.no_grad():
         unbiased = var * (count / (count - 1))
         for running, batch in ((running_mean, mean), (running_var, unbiased)):
             if running is not None:
-                running.copy_(momentum * batch + (1 - momentum) * running)
+                updated = momentum * batch + (1 - momentum) * running
+                running.copy_(torch.where(count > 0, updated, running) if torch.is_tensor(count) else updated)
 
 
 def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-                   eps=1e-5, activation="relu", negative_slope=0.01, *, backend="auto"):
+                   eps=1e-5, activation="relu", negative_slope=0.01, *, backend="auto", sync=False,
+                   process_group=None):
     """act(batch_norm(input)) in one fused op; the arguments of torch.nn.functional.batch_norm.
 
     activation is "relu", "leaky_relu" (with negative_slope) or "identity". When training,
     the batch statistics normalise the input and update running_mean / running_var in
     place (if given), as stock does; otherwise the running statistics are used.
+    sync=True (training under torch.distributed) takes the batch statistics over every rank
+    of process_group (default: the whole world), as nn.SyncBatchNorm does.
     """
     _check_input(input)
     for tensor, name in ((running_mean, "running_mean"), (running_var, "running_var"),
@@ -82,10 +88,13 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     if not isinstance(momentum, torch.Tensor):
         _check_scalar(momentum, "momentum")
     check_backend_name(backend)
+    if process_group is not None and not sync:
+        raise ValueError("process_group is only used with sync=True")
+    sync = bool(sync) and training and sync_group_size(process_group) > 1
 
     C = input.shape[1]
     count = input.numel() // C if C else 0
-    if training and count == 1:
+    if training and count == 1 and not sync:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
     # An empty batch takes the reference path (the kernels launch over rows): as stock, an
     # empty output and unchanged running statistics.
@@ -98,9 +107,16 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
         bias = torch.zeros(C, device=input.device, dtype=weight.dtype)
     if weight.dtype != bias.dtype:
         raise TypeError(f"weight and bias must have one dtype, got {weight.dtype} and {bias.dtype}")
-    output, mean, var = BatchNormActFunction.apply(
-        input, weight, bias, running_mean, running_var, bool(training), float(eps), act, slope, name)
-    if training and running_mean is not None and count > 0:
+    if sync:
+        output, mean, var, count = SyncBatchNormActFunction.apply(
+            input, weight, bias, float(eps), act, slope, name, process_group)
+        if input.numel() <= C and int(count) == 1:  # a host read, only when this rank's batch is tiny
+            raise ValueError(f"Expected more than 1 value per channel when training, got {int(count)} over all "
+                             f"ranks (input size {input.size()} here)")
+    else:
+        output, mean, var = BatchNormActFunction.apply(
+            input, weight, bias, running_mean, running_var, bool(training), float(eps), act, slope, name)
+    if training and running_mean is not None and (sync or count > 0):
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return output
 

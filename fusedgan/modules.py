@@ -6,7 +6,7 @@ from torch import nn
 from fusedgan._backends import check_backend_name
 from fusedgan.functional import batch_norm_act, conv2d_leaky_relu
 
-__all__ = ["FusedBNReLU", "FusedBNLeakyReLU", "FusedConvLeakyReLU"]
+__all__ = ["FusedBatchNorm", "FusedBNReLU", "FusedBNLeakyReLU", "FusedConvLeakyReLU"]
 
 
 class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
@@ -15,14 +15,23 @@ class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
     A subclass of nn.modules.batchnorm._BatchNorm: weight, bias, running_mean,
     running_var and num_batches_tracked are the stock ones, so stock state_dicts load
     and code that finds BatchNorm layers with isinstance finds these.
+
+    sync=True: in training under torch.distributed, the batch statistics (and the
+    backward's reductions) are taken over every rank of process_group (default: the whole
+    world), as nn.SyncBatchNorm does; without an initialised process group, or with one
+    rank, it is the ordinary layer.
     """
 
     activation = "relu"
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 device=None, dtype=None, *, backend="auto"):
+                 device=None, dtype=None, *, backend="auto", sync=False, process_group=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        if process_group is not None and not sync:
+            raise ValueError("process_group is only used with sync=True")
         self.backend = check_backend_name(backend)
+        self.sync = bool(sync)
+        self.process_group = process_group
 
     def _check_input_dim(self, input):
         if input.dim() not in (2, 3, 4, 5):
@@ -45,10 +54,18 @@ class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
         return batch_norm_act(
             input, self.running_mean if track else None, self.running_var if track else None,
             self.weight, self.bias, use_batch_stats, momentum, self.eps,
-            activation=self.activation, negative_slope=self._negative_slope(), backend=self.backend)
+            activation=self.activation, negative_slope=self._negative_slope(), backend=self.backend,
+            sync=self.sync, process_group=self.process_group)
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, backend={self.backend!r}"
+        return f"{super().extra_repr()}, backend={self.backend!r}" + (", sync=True" if self.sync else "")
+
+
+class FusedBatchNorm(_FusedBatchNormAct):
+    """Drop-in for nn.BatchNorm1d/2d/3d (no activation): the fused kernels' BatchNorm, for
+    synchronized statistics (sync=True) on any device."""
+
+    activation = "identity"
 
 
 class FusedBNReLU(_FusedBatchNormAct):
@@ -61,8 +78,9 @@ class FusedBNLeakyReLU(_FusedBatchNormAct):
     activation = "leaky_relu"
 
     def __init__(self, num_features, negative_slope=0.01, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None, *, backend="auto"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, backend=backend)
+                 track_running_stats=True, device=None, dtype=None, *, backend="auto", sync=False, process_group=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, backend=backend,
+                         sync=sync, process_group=process_group)
         self.negative_slope = negative_slope
 
     def _negative_slope(self):

@@ -93,8 +93,15 @@ def test_left_alone_with_reasons():
     reasons = {name: why for name, decision, why in report if decision == "left alone"}
     assert "Tanh" in reasons["0"]
     assert "negative slope" in reasons["2"]
-    assert "SyncBatchNorm has no fused form" in reasons["4"]
+    assert "followed by BatchNorm2d" in reasons["4"]
     assert "not followed by an activation" in reasons["5"]
     assert not any(decision == "fused" for _, decision, _ in report)
     with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
         fusedgan.convert("model")
+
+
+def test_sync_batchnorm_followed_by_an_activation_is_fused_with_sync_on():
+    model = nn.Sequential(nn.SyncBatchNorm(3), nn.LeakyReLU(0.2))
+    converted = fusedgan.convert(model)
+    assert isinstance(converted[0], fusedgan.FusedBNLeakyReLU) and converted[0].sync
+    assert converted[0].process_group is model[0].process_group

@@ -1,11 +1,14 @@
 """examples/dcgan.py: a 2-step smoke run of each --impl, --compare, and the bad-path errors."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import dcgan  # noqa: E402
@@ -61,3 +64,18 @@ def test_npz_and_folder_data(tmp_path):
         Image.fromarray(images[i]).save(folder / f"{i}.png")
     data, _ = dcgan.load_data(f"folder:{folder}", 32, 0)
     assert data.shape == (3, 3, 32, 32)
+
+
+def test_torchrun_ddp_with_synced_batchnorm(tmp_path):
+    """2 CPU processes under torchrun (gloo): DDP, fused BatchNorms with sync_batchnorm=True."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(Path(dcgan.__file__)), "--device", "cpu", "--epochs", "1", "--max-steps", "2",
+               "--batch-size", "16", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", FUSEDGAN_CACHE_DIR=str(tmp_path / "cache"))
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "on cpu x 2 processes" in run.stdout
+    assert len(json.loads((out / "log.json").read_text())["steps"]) == 2
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert any(key.endswith("running_mean") for key in state["D"])  # plain state_dict keys, no DDP prefix
