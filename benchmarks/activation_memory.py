@@ -1,4 +1,5 @@
-"""Activation memory a DCGAN keeps for backward, stock vs fused.
+"""Activation memory a DCGAN keeps for backward: stock, fused, and fused with
+memory_saving=True (BatchNorm+LeakyReLU written over the convolution's output).
 
     python benchmarks/activation_memory.py [--device cpu|cuda] [--batch 64] [--img-size 64]
 
@@ -56,8 +57,8 @@ def measure(device, batch, img_size):
                   "G": torch.randn(batch, *noise_shape, device=device, requires_grad=True)}
         for name, model in (("D", discriminator), ("G", generator)):
             row = []
-            for fused in (False, True):
-                m = (fusedgan.convert(model) if fused else model).to(device).train()
+            for variant in (model, fusedgan.convert(model), fusedgan.convert(model, memory_saving=True)):
+                m = variant.to(device).train()
                 row.append(peak_bytes(m, inputs[name]) if device.type == "cuda" else saved_bytes(m, inputs[name]))
             results.append((arch, name, *row))
     return results
@@ -72,10 +73,11 @@ def main():
     device = torch.device(args.device)
     what = "peak memory of a forward" if device.type == "cuda" else "tensors saved for backward"
     print(f"activation memory ({what}), batch {args.batch}, {args.img_size}x{args.img_size}, fp32, {device}")
-    print("| arch | model | stock MiB | fused MiB | saved |")
-    print("|---|---|---|---|---|")
-    for arch, name, stock, fused in measure(device, args.batch, args.img_size):
-        print(f"| {arch} | {name} | {stock / 2**20:.1f} | {fused / 2**20:.1f} | {100 * (1 - fused / stock):.0f}% |")
+    print("| arch | model | stock MiB | fused MiB | saved | fused, memory_saving MiB | saved |")
+    print("|---|---|---|---|---|---|---|")
+    for arch, name, stock, fused, saving in measure(device, args.batch, args.img_size):
+        print(f"| {arch} | {name} | {stock / 2**20:.1f} | {fused / 2**20:.1f} | {100 * (1 - fused / stock):.0f}% "
+              f"| {saving / 2**20:.1f} | {100 * (1 - saving / stock):.0f}% |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ ranks of process_group (the fused form of nn.SyncBatchNorm.convert_sync_batchnor
 turns the BatchNorms no activation follows into FusedBatchNorm(sync=True), so that none is
 left unsynchronized. An nn.SyncBatchNorm followed by an activation is fused with sync on
 and its own process group.
+
+memory_saving=True makes the fused BatchNorm+LeakyReLU (slope > 0) layers that directly
+follow a convolution or linear layer in the same nn.Sequential write their output over
+their input (inplace=True): the input is then a fresh tensor nothing else reads.
 """
 
 import copy
@@ -49,7 +53,11 @@ def _sync_args(layer, sync, process_group):
     return {"sync": sync, "process_group": process_group if sync else None}
 
 
-def _fuse_pair(layer, activation, backend, sync=False, process_group=None):
+_FRESH_OUTPUT = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                 nn.Linear)  # they save their input, not their output: it may be overwritten
+
+
+def _fuse_pair(layer, activation, backend, sync=False, process_group=None, inplace=False):
     """(fused module, None) or (None, why the pair is left alone)."""
     if type(layer) in _BATCH_NORMS:
         if layer._forward_hooks or layer._forward_pre_hooks or activation._forward_hooks:
@@ -60,7 +68,8 @@ def _fuse_pair(layer, activation, backend, sync=False, process_group=None):
                                 layer.track_running_stats, backend=backend, **sync_args)
         else:
             fused = FusedBNLeakyReLU(layer.num_features, _slope(activation), layer.eps, layer.momentum, layer.affine,
-                                     layer.track_running_stats, backend=backend, **sync_args)
+                                     layer.track_running_stats, backend=backend,
+                                     inplace=inplace and _slope(activation) > 0 and not sync_args["sync"], **sync_args)
         return _take_state(fused, layer), None
     if type(layer) is nn.Conv2d:
         if layer._forward_hooks or layer._forward_pre_hooks or activation._forward_hooks:
@@ -75,7 +84,8 @@ def _fuse_pair(layer, activation, backend, sync=False, process_group=None):
     return None, f"{type(layer).__name__} has no fused form"
 
 
-def convert(module, *, backend="auto", inplace=False, return_report=False, sync_batchnorm=False, process_group=None):
+def convert(module, *, backend="auto", inplace=False, return_report=False, sync_batchnorm=False, process_group=None,
+            memory_saving=False):
     """Fuse BatchNorm+ReLU/LeakyReLU and Conv2d+LeakyReLU/ReLU pairs of `module`.
 
     Returns the converted model (a deep copy unless inplace=True), or (model, report) with
@@ -93,7 +103,7 @@ def convert(module, *, backend="auto", inplace=False, return_report=False, sync_
         if not isinstance(container, nn.Sequential):
             continue
         names = list(container._modules)
-        for name, next_name in zip(names, names[1:]):
+        for index, (name, next_name) in enumerate(zip(names, names[1:])):
             layer, activation = container._modules[name], container._modules[next_name]
             qualified = f"{prefix}.{name}" if prefix else name
             if not (type(layer) in _BATCH_NORMS or type(layer) is nn.Conv2d):
@@ -102,14 +112,17 @@ def convert(module, *, backend="auto", inplace=False, return_report=False, sync_
                 report.append((qualified, "left alone", f"followed by {type(activation).__name__}, "
                                                         "not ReLU or LeakyReLU"))
                 continue
-            fused, why = _fuse_pair(layer, activation, backend, sync_batchnorm, process_group)
+            after_fresh = index > 0 and isinstance(container._modules[names[index - 1]], _FRESH_OUTPUT)
+            fused, why = _fuse_pair(layer, activation, backend, sync_batchnorm, process_group,
+                                    memory_saving and after_fresh)
             if fused is None:
                 report.append((qualified, "left alone", why))
                 continue
             container._modules[name] = fused
             container._modules[next_name] = nn.Identity()
+            mode = " (inplace)" if getattr(fused, "inplace", False) else ""
             report.append((qualified, "fused", f"{type(layer).__name__} + {type(activation).__name__} -> "
-                                              f"{type(fused).__name__}"))
+                                              f"{type(fused).__name__}{mode}"))
     fused_types = (FusedBatchNorm, FusedBNReLU, FusedBNLeakyReLU, FusedConvLeakyReLU)
     for name, child in list(model.named_modules()):
         if sync_batchnorm and isinstance(child, fused_types[:3]) and not child.sync:  # fused before: sync it now

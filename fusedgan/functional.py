@@ -5,9 +5,9 @@ import numbers
 
 import torch
 
-from fusedgan._activation import IDENTITY, activation_code
+from fusedgan._activation import IDENTITY, LEAKY_RELU, RELU, activation_code
 from fusedgan._backends import check_backend_name, resolve_backend
-from fusedgan.autograd import BatchNormActFunction, Conv2dLeakyReLUFunction
+from fusedgan.autograd import BatchNormActFunction, Conv2dLeakyReLUFunction, InPlaceBatchNormActFunction
 from fusedgan.distributed import SyncBatchNormActFunction, sync_group_size
 
 __all__ = ["batch_norm_act", "conv2d_leaky_relu"]
@@ -65,7 +65,7 @@ def _update_running_stats(running_mean, running_var, mean, var, count, momentum)
 
 def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                    eps=1e-5, activation="relu", negative_slope=0.01, *, backend="auto", sync=False,
-                   process_group=None):
+                   process_group=None, inplace=False):
     """act(batch_norm(input)) in one fused op; the arguments of torch.nn.functional.batch_norm.
 
     activation is "relu", "leaky_relu" (with negative_slope) or "identity". When training,
@@ -73,6 +73,9 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     place (if given), as stock does; otherwise the running statistics are used.
     sync=True (training under torch.distributed) takes the batch statistics over every rank
     of process_group (default: the whole world), as nn.SyncBatchNorm does.
+    inplace=True (activation "identity", or "leaky_relu" with negative_slope > 0) writes the
+    output over input and saves only it for backward (see InPlaceBatchNormActFunction);
+    input must then be a tensor nothing else reads afterwards.
     """
     _check_input(input)
     for tensor, name in ((running_mean, "running_mean"), (running_var, "running_var"),
@@ -91,6 +94,13 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     if process_group is not None and not sync:
         raise ValueError("process_group is only used with sync=True")
     sync = bool(sync) and training and sync_group_size(process_group) > 1
+    if inplace:
+        if act == RELU or (act == LEAKY_RELU and not negative_slope > 0):
+            raise ValueError(f"inplace=True inverts the activation in backward: it needs activation 'identity' or "
+                             f"'leaky_relu' with negative_slope > 0, got {activation!r} (negative_slope="
+                             f"{negative_slope})")
+        if sync:
+            raise ValueError("inplace=True and sync=True cannot be combined")
 
     C = input.shape[1]
     count = input.numel() // C if C else 0
@@ -114,7 +124,8 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
             raise ValueError(f"Expected more than 1 value per channel when training, got {int(count)} over all "
                              f"ranks (input size {input.size()} here)")
     else:
-        output, mean, var = BatchNormActFunction.apply(
+        function = InPlaceBatchNormActFunction if inplace else BatchNormActFunction
+        output, mean, var = function.apply(
             input, weight, bias, running_mean, running_var, bool(training), float(eps), act, slope, name)
     if training and running_mean is not None and (sync or count > 0):
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)

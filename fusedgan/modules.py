@@ -20,15 +20,26 @@ class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
     backward's reductions) are taken over every rank of process_group (default: the whole
     world), as nn.SyncBatchNorm does; without an initialised process group, or with one
     rank, it is the ordinary layer.
+
+    inplace=True (FusedBatchNorm, and FusedBNLeakyReLU with negative_slope > 0): the output
+    is written over the input and is all the layer keeps for backward (InPlace-ABN's
+    memory saving, with the standard meaning of weight). Use it where nothing else reads
+    the input afterwards, e.g. right after a convolution.
     """
 
     activation = "relu"
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 device=None, dtype=None, *, backend="auto", sync=False, process_group=None):
+                 device=None, dtype=None, *, backend="auto", sync=False, process_group=None, inplace=False):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         if process_group is not None and not sync:
             raise ValueError("process_group is only used with sync=True")
+        if inplace and self.activation == "relu":
+            raise ValueError("inplace=True needs an invertible activation (FusedBatchNorm, or FusedBNLeakyReLU with "
+                             "negative_slope > 0); ReLU's output does not determine its input")
+        if inplace and sync:
+            raise ValueError("inplace=True and sync=True cannot be combined")
+        self.inplace = bool(inplace)
         self.backend = check_backend_name(backend)
         self.sync = bool(sync)
         self.process_group = process_group
@@ -55,10 +66,11 @@ class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
             input, self.running_mean if track else None, self.running_var if track else None,
             self.weight, self.bias, use_batch_stats, momentum, self.eps,
             activation=self.activation, negative_slope=self._negative_slope(), backend=self.backend,
-            sync=self.sync, process_group=self.process_group)
+            sync=self.sync, process_group=self.process_group, inplace=self.inplace)
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, backend={self.backend!r}" + (", sync=True" if self.sync else "")
+        flags = "".join(f", {name}=True" for name in ("sync", "inplace") if getattr(self, name))
+        return f"{super().extra_repr()}, backend={self.backend!r}{flags}"
 
 
 class FusedBatchNorm(_FusedBatchNormAct):
@@ -78,9 +90,12 @@ class FusedBNLeakyReLU(_FusedBatchNormAct):
     activation = "leaky_relu"
 
     def __init__(self, num_features, negative_slope=0.01, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None, *, backend="auto", sync=False, process_group=None):
+                 track_running_stats=True, device=None, dtype=None, *, backend="auto", sync=False, process_group=None,
+                 inplace=False):
+        if inplace and not negative_slope > 0:
+            raise ValueError(f"inplace=True inverts the activation: it needs negative_slope > 0, got {negative_slope}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, backend=backend,
-                         sync=sync, process_group=process_group)
+                         sync=sync, process_group=process_group, inplace=inplace)
         self.negative_slope = negative_slope
 
     def _negative_slope(self):

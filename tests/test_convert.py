@@ -23,15 +23,16 @@ def _run(model, x, grad):
     return [y, x.grad] + grads
 
 
+@pytest.mark.parametrize("memory_saving", [False, True], ids=["plain", "memory_saving"])
 @pytest.mark.parametrize("arch,img_size", [("seed", 32), ("dcgan", 32), ("dcgan", 64)])
-def test_convert_matches_stock_train_and_eval(arch, img_size):
+def test_convert_matches_stock_train_and_eval(arch, img_size, memory_saving):
     """Converted and stock in fp32 against the stock model in float64: the converted
     model's error at most twice stock's own (GUIDE §4), in train and in eval."""
     torch.manual_seed(0)
     generator, discriminator, noise_shape = dcgan_models.build(arch, 16, img_size, 3)
     for model, make_input in ((generator, lambda: torch.randn(4, *noise_shape)),
                               (discriminator, lambda: torch.rand(4, 3, img_size, img_size) * 2 - 1)):
-        fused, report = fusedgan.convert(model, return_report=True)
+        fused, report = fusedgan.convert(model, return_report=True, memory_saving=memory_saving)
         reference = copy.deepcopy(model).double()
         assert any(decision == "fused" for _, decision, _ in report)
         assert list(fused.state_dict()) == list(model.state_dict())
@@ -105,3 +106,14 @@ def test_sync_batchnorm_followed_by_an_activation_is_fused_with_sync_on():
     converted = fusedgan.convert(model)
     assert isinstance(converted[0], fusedgan.FusedBNLeakyReLU) and converted[0].sync
     assert converted[0].process_group is model[0].process_group
+
+
+def test_memory_saving_makes_leaky_layers_after_convolutions_inplace():
+    """(Its numbers: test_convert_matches_stock_train_and_eval[memory_saving].)"""
+    torch.manual_seed(0)
+    _, discriminator, _ = dcgan_models.build("dcgan", 100, 32, 3)
+    saving, report = fusedgan.convert(discriminator, memory_saving=True, return_report=True)
+    inplace = [m for m in saving.modules() if getattr(m, "inplace", False) and isinstance(m, fusedgan.FusedBNLeakyReLU)]
+    assert len(inplace) == 2 and sum("(inplace)" in why for _, _, why in report) == 2
+    with pytest.raises(ValueError, match="process_group"):
+        fusedgan.convert(discriminator, process_group=object())
