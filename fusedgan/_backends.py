@@ -8,7 +8,6 @@ that cannot run raises BackendUnavailableError saying why and how to get it.
 """
 
 import functools
-import importlib
 import os
 
 import torch
@@ -33,7 +32,9 @@ def check_backend_name(backend):
 def _import_triton_backend():
     """(module, None) or (None, why it cannot be imported)."""
     try:
-        return importlib.import_module("fusedgan.triton"), None
+        from fusedgan import triton  # an import statement, which torch.compile traces (importlib it does not)
+
+        return triton, None
     except Exception as error:  # ImportError, or a Triton too old/broken to compile our kernels
         return None, f"Triton could not be imported ({type(error).__name__}: {error}); pip install triton"
 
@@ -89,6 +90,7 @@ def _resolve(backend, device_type, override):
     return backend
 
 
+@torch.compiler.assume_constant_result  # under torch.compile: run once while tracing, its name baked in
 def resolve_backend(backend, device):
     """The name of the backend that runs for `backend` on `device` (a torch.device)."""
     return _resolve(backend, device.type, os.environ.get(ENV_VAR, ""))
@@ -99,8 +101,10 @@ def backend_module(name):
         from fusedgan import reference
 
         return reference
-    if name == "triton":
-        return _import_triton_backend()[0]
+    if name == "triton":  # resolve_backend checked that it imports
+        from fusedgan import triton
+
+        return triton
     return _extension().ops(name)
 
 

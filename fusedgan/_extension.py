@@ -12,6 +12,8 @@ import warnings
 
 import torch
 
+from fusedgan import _fake
+
 _OPS = ("bn_act_forward", "bn_act_backward", "conv_leaky_relu_forward", "leaky_relu_grad_bias")
 _FIX = ("reinstall fusedgan against the torch you run: pip install --no-build-isolation -e . "
         "(see README, 'Install')")
@@ -49,24 +51,8 @@ def why_unusable(backend):
 
 
 if _load_error is None:
-    @torch.library.register_fake("fusedgan::bn_act_forward")
-    def _(x, weight, bias, mean, var, training, eps, act, slope):
-        stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        stats = x.new_empty(x.shape[1], dtype=stats_dtype)
-        return torch.empty_like(x), stats, torch.empty_like(stats)
-
-    @torch.library.register_fake("fusedgan::bn_act_backward")
-    def _(dy, x, weight, bias, mean, var, training, eps, act, slope):
-        return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
-
-    @torch.library.register_fake("fusedgan::conv_leaky_relu_forward")
-    def _(x, weight, bias, stride, padding, dilation, groups, slope):
-        return torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, groups)
-
-    @torch.library.register_fake("fusedgan::leaky_relu_grad_bias")
-    def _(dy, y, slope, has_bias):
-        acc = torch.float64 if y.dtype == torch.float64 else torch.float32
-        return torch.empty_like(y), y.new_empty(y.shape[1] if has_bias else 0, dtype=acc)
+    for _op in _OPS:
+        torch.library.register_fake(f"fusedgan::{_op}")(getattr(_fake, _op))
 
 
 def _leaky_relu_grad_bias(dy, y, slope, has_bias):

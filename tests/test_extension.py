@@ -1,4 +1,5 @@
-"""The C++/CUDA extension: op registration, opcheck, and falling back when it cannot load."""
+"""The C++/CUDA extension: op registration, opcheck (of its ops and of the Triton
+backend's custom ops, which share their schemas), and falling back when it cannot load."""
 
 import os
 import subprocess
@@ -10,13 +11,24 @@ import torch
 from _helpers import DEVICES
 
 from fusedgan import _extension
+from fusedgan._backends import why_unusable
 
-pytestmark = pytest.mark.skipif(_extension._load_error is not None,
-                                reason=f"fusedgan._C is not built here: {_extension._load_error}")
+needs_extension = pytest.mark.skipif(_extension._load_error is not None,
+                                     reason=f"fusedgan._C is not built here: {_extension._load_error}")
 
 OPS = ("bn_act_forward", "bn_act_backward", "conv_leaky_relu_forward", "leaky_relu_grad_bias")
+# (op namespace, device): the C++ ops on every device; the Triton custom ops where Triton runs.
+OP_SETS = [pytest.param("fusedgan", d, marks=needs_extension, id=f"cpp-{d}") for d in DEVICES] + \
+    [pytest.param("fusedgan_triton", d, id=f"triton-{d}") for d in DEVICES if why_unusable("triton", d) is None]
 
 
+def _ops(namespace):
+    if namespace == "fusedgan_triton":
+        import fusedgan.triton  # noqa: F401  (registers the custom ops)
+    return getattr(torch.ops, namespace)
+
+
+@needs_extension
 def test_every_op_has_cpu_and_cuda_kernels():
     for op in OPS:
         assert _extension._has_kernel(op, "CPU")
@@ -38,34 +50,37 @@ def _bn_args(device, dtype, channels_last, training):
     return x, w, b, mean, var
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("namespace,device", OP_SETS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_opcheck(device, dtype, channels_last, training):
+def test_opcheck(namespace, device, dtype, channels_last, training):
+    ops = _ops(namespace)
     x, w, b, mean, var = _bn_args(device, dtype, channels_last, training)
     fwd_mean, fwd_var = (None, None) if training else (mean, var)
-    torch.library.opcheck(torch.ops.fusedgan.bn_act_forward, (x, w, b, fwd_mean, fwd_var, training, 1e-5, 2, 0.2))
+    torch.library.opcheck(ops.bn_act_forward, (x, w, b, fwd_mean, fwd_var, training, 1e-5, 2, 0.2))
     dy = torch.randn_like(x)
-    torch.library.opcheck(torch.ops.fusedgan.bn_act_backward, (dy, x, w, b, mean, var, training, 1e-5, 1, 0.0))
+    torch.library.opcheck(ops.bn_act_backward, (dy, x, w, b, mean, var, training, 1e-5, 1, 0.0))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("namespace,device", OP_SETS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_opcheck_conv(device, dtype, channels_last):
+def test_opcheck_conv(namespace, device, dtype, channels_last):
+    ops = _ops(namespace)
     x = torch.randn(2, 3, 9, 8, device=device, dtype=dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     w = torch.randn(5, 3, 4, 4, device=device, dtype=dtype)
     b = torch.randn(5, device=device, dtype=dtype)
     for bias in (b, None):
-        torch.library.opcheck(torch.ops.fusedgan.conv_leaky_relu_forward, (x, w, bias, [2, 2], [1, 1], [1, 1], 1, 0.2))
+        torch.library.opcheck(ops.conv_leaky_relu_forward, (x, w, bias, [2, 2], [1, 1], [1, 1], 1, 0.2))
     y = torch.randn(2, 5, 4, 4, device=device, dtype=dtype)
     for has_bias in (True, False):
-        torch.library.opcheck(torch.ops.fusedgan.leaky_relu_grad_bias, (torch.randn_like(y), y, 0.2, has_bias))
+        torch.library.opcheck(ops.leaky_relu_grad_bias, (torch.randn_like(y), y, 0.2, has_bias))
 
 
+@needs_extension
 def test_import_falls_back_with_one_warning_when_extension_cannot_load():
     script = textwrap.dedent("""
         import importlib.abc, sys, warnings

@@ -138,6 +138,38 @@ void apply_rows(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_
           static_cast<scalar_t>(activation(pre_activation<opmath_t>(x[r * C + c], mean[c], scale[c], bias[c]), slope, act));
 }
 
+// One (n, c) run of the rows layout, the same way: dz and dz * (x - mean) into buffers
+// (for the channel's lane sums), and dx.
+template <typename scalar_t, typename opmath_t, int act>
+void grad_terms_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, int64_t len, opmath_t mean,
+                    opmath_t scale, opmath_t bias, opmath_t slope, opmath_t* __restrict__ dz_out,
+                    opmath_t* __restrict__ dzx_out) {
+  for (int64_t s = 0; s < len; ++s) {
+    const opmath_t xv = x[s];
+    const opmath_t dz = activation_grad<opmath_t>(dy[s], pre_activation(xv, mean, scale, bias), slope, act);
+    dz_out[s] = dz;
+    dzx_out[s] = dz * (xv - mean);
+  }
+}
+
+template <typename scalar_t, typename opmath_t, int act, bool training>
+void grad_input_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, scalar_t* __restrict__ out,
+                    int64_t len, opmath_t mean, opmath_t invstd, opmath_t scale, opmath_t bias, opmath_t slope,
+                    opmath_t mean_dz, opmath_t mean_dzx) {
+  for (int64_t s = 0; s < len; ++s) {
+    const opmath_t xv = x[s];
+    const opmath_t dz = activation_grad<opmath_t>(dy[s], pre_activation(xv, mean, scale, bias), slope, act);
+    out[s] = static_cast<scalar_t>(grad_input(dz, (xv - mean) * invstd, scale, mean_dz, mean_dzx, training));
+  }
+}
+
+template <typename scalar_t, typename opmath_t, int act>
+void apply_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t len, opmath_t mean, opmath_t scale,
+               opmath_t bias, opmath_t slope) {
+  for (int64_t s = 0; s < len; ++s)
+    y[s] = static_cast<scalar_t>(activation(pre_activation<opmath_t>(x[s], mean, scale, bias), slope, act));
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------
@@ -171,12 +203,8 @@ void forward_rows(const Layout& L, const std::vector<double>& w, const std::vect
         var_v[c] = m2.result() / double(N * S);
       }
       const opmath_t mean = mean_v[c], scale = w[c] / std::sqrt(var_v[c] + eps), bias = b[c];
-      for (int64_t i = 0; i < N; ++i) {
-        const scalar_t* xr = x + (i * C + c) * S;
-        scalar_t* yr = y + (i * C + c) * S;
-        for (int64_t s = 0; s < S; ++s)
-          yr[s] = static_cast<scalar_t>(activation(pre_activation<opmath_t>(xr[s], mean, scale, bias), slope, act));
-      }
+      for (int64_t i = 0; i < N; ++i)
+        apply_run<scalar_t, opmath_t, act>(x + (i * C + c) * S, y + (i * C + c) * S, S, mean, scale, bias, slope);
     }
   });
 }
@@ -259,17 +287,10 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& x_in, const 
 // Backward
 // ---------------------------------------------------------------------------------------
 
-// dz = dy * act'(z), and dx from dz and the channel sums, for one element.
-template <typename opmath_t, int act>
-struct GradElement {
-  opmath_t mean, invstd, scale, bias, slope, mean_dz, mean_dz_xhat;
-  bool training;
-  opmath_t dz(opmath_t x, opmath_t dy) const {
-    return activation_grad<opmath_t>(dy, pre_activation(x, mean, scale, bias), slope, act);
-  }
-  opmath_t dx(opmath_t x, opmath_t dy) const {
-    return grad_input(dz(x, dy), (x - mean) * invstd, scale, mean_dz, mean_dz_xhat, training);
-  }
+// One channel's values for the backward loops.
+template <typename opmath_t>
+struct ChannelGrad {
+  opmath_t mean, invstd, scale, bias, mean_dz, mean_dz_xhat;
 };
 
 std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight,
@@ -292,38 +313,37 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
     const opmath_t slope = static_cast<opmath_t>(slope_d);
     with_activation(act, [&](auto a) {
       constexpr int A = decltype(a)::value;
-      using Element = GradElement<opmath_t, A>;
       const auto element = [&](int64_t c) {
         const double invstd = 1.0 / std::sqrt(var_v[c] + eps);
-        return Element{opmath_t(mean_v[c]), opmath_t(invstd), opmath_t(w[c] * invstd), opmath_t(b[c]), slope,
-                       opmath_t(R ? dbias[c] / R : 0.0), opmath_t(R ? dweight[c] / R : 0.0), training};
+        return ChannelGrad<opmath_t>{opmath_t(mean_v[c]), opmath_t(invstd), opmath_t(w[c] * invstd), opmath_t(b[c]),
+                                     opmath_t(R ? dbias[c] / R : 0.0), opmath_t(R ? dweight[c] / R : 0.0)};
       };
       if (!L.channels_fast) {
         // One channel at a time: its sums, then its dx while x and dy are in cache (3N bytes).
         at::parallel_for(0, C, 1, [&, x, dy, out](int64_t c0, int64_t c1) {
           opmath_t dz_buf[kChunk], dzx_buf[kChunk];
           for (int64_t c = c0; c < c1; ++c) {
-            const Element e = element(c);
+            const auto e = element(c);
             LaneSum<opmath_t> sum_dz, sum_dz_xmu;
             for (int64_t i = 0; i < N; ++i) {
               const int64_t base = (i * C + c) * S;
               for (int64_t s0 = 0; s0 < S; s0 += kChunk) {
                 const int64_t len = std::min(kChunk, S - s0);
-                for (int64_t s = 0; s < len; ++s) {
-                  const opmath_t xv = x[base + s0 + s];
-                  dz_buf[s] = e.dz(xv, dy[base + s0 + s]);
-                  dzx_buf[s] = dz_buf[s] * (xv - e.mean);
-                }
+                grad_terms_run<scalar_t, opmath_t, A>(x + base + s0, dy + base + s0, len, e.mean, e.scale, e.bias,
+                                                      slope, dz_buf, dzx_buf);
                 sum_dz.template add<false>(dz_buf, len, 0);
                 sum_dz_xmu.template add<false>(dzx_buf, len, 0);
               }
             }
             dbias[c] = sum_dz.result();
             dweight[c] = sum_dz_xmu.result() * e.invstd;
-            const Element full = element(c);
+            const auto f = element(c);
+            const auto run = training ? grad_input_run<scalar_t, opmath_t, A, true>
+                                      : grad_input_run<scalar_t, opmath_t, A, false>;
             for (int64_t i = 0; i < N; ++i) {
               const int64_t base = (i * C + c) * S;
-              for (int64_t s = 0; s < S; ++s) out[base + s] = static_cast<scalar_t>(full.dx(x[base + s], dy[base + s]));
+              run(x + base, dy + base, out + base, S, f.mean, f.invstd, f.scale, f.bias, slope, f.mean_dz,
+                  f.mean_dz_xhat);
             }
           }
         });
@@ -335,7 +355,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
       std::vector<double> block_dz(blocks * C, 0.0), block_dzx(blocks * C, 0.0);
       std::vector<opmath_t> mean(C), invstd(C), scale(C), bias(C), mean_dz(C), mean_dzx(C);
       for (int64_t c = 0; c < C; ++c) {
-        const Element e = element(c);
+        const auto e = element(c);
         mean[c] = e.mean, invstd[c] = e.invstd, scale[c] = e.scale, bias[c] = e.bias;
       }
       at::parallel_for(0, blocks, 1, [&, x, dy, slope](int64_t b0, int64_t b1) {
@@ -353,7 +373,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
         for (int64_t c = 0; c < C; ++c) dbias[c] += block_dz[blk * C + c], dweight[c] += block_dzx[blk * C + c];
       for (int64_t c = 0; c < C; ++c) {
         dweight[c] *= invstd[c];
-        const Element e = element(c);
+        const auto e = element(c);
         mean_dz[c] = e.mean_dz, mean_dzx[c] = e.mean_dz_xhat;
       }
       at::parallel_for(0, R, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)),

@@ -7,7 +7,9 @@
 //    slice in registers between the statistics and the output (2N bytes forward, 3N
 //    backward);
 //  - tiled: each split writes partial (count, mean, M2) or partial sums, a second kernel
-//    merges them in split order, and an elementwise kernel writes y or dx.
+//    merges them in split order, and an elementwise kernel writes y or dx, moving 16-byte
+//    packs of a contiguous (n, c) run per thread where the layout and alignment allow
+//    (NCHW with 16 / sizeof(scalar_t) dividing H * W), one element otherwise.
 // Reductions: Welford per thread, then Chan merges through warp shuffles and shared
 // memory, in a fixed order (no atomics): bitwise repeatable. Launched on the current
 // stream, with no host synchronisation.
@@ -102,16 +104,25 @@ __global__ void bn_stats_merge_kernel(const acc_t* __restrict__ part, acc_t* __r
   var_out[c] = m2 / n;
 }
 
-template <typename scalar_t, typename acc_t, int ACT>
+// Elementwise kernels: step g covers logical elements [g * VEC, g * VEC + VEC) of the
+// (n, c, s) order, which lie in one (n, c) run because VEC divides S.
+template <typename scalar_t, typename acc_t, int ACT, int VEC>
 __global__ void bn_act_apply_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
                                     const acc_t* __restrict__ mean, const acc_t* __restrict__ var,
                                     const acc_t* __restrict__ w, const acc_t* __restrict__ b, int64_t total, int64_t C,
                                     int64_t S, Strides xs, Strides ys, acc_t eps, acc_t slope) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = (i / S) % C, r = (i / (S * C)) * S + i % S;
-    const acc_t scale = w[c] / sqrt(var[c] + eps);
-    const acc_t z = pre_activation<acc_t>(static_cast<acc_t>(x[offset(r, c, S, xs)]), mean[c], scale, b[c]);
-    y[offset(r, c, S, ys)] = static_cast<scalar_t>(activation(z, slope, ACT));
+  using P = Pack<scalar_t, VEC>;
+  for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < total / VEC;
+       g += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = g * VEC, c = (i / S) % C, r = (i / (S * C)) * S + i % S;
+    const acc_t scale = w[c] / sqrt(var[c] + eps), shift = mean[c], bias = b[c];
+    const P in = *reinterpret_cast<const P*>(x + offset(r, c, S, xs));
+    P out;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      out.v[k] = static_cast<scalar_t>(
+          activation(pre_activation<acc_t>(static_cast<acc_t>(in.v[k]), shift, scale, bias), slope, ACT));
+    *reinterpret_cast<P*>(y + offset(r, c, S, ys)) = out;
   }
 }
 
@@ -175,7 +186,7 @@ __global__ void bn_grad_sums_merge_kernel(acc_t* __restrict__ sums, int64_t C, i
   sums[n_splits * C + c] = db;
 }
 
-template <typename scalar_t, typename acc_t, int ACT>
+template <typename scalar_t, typename acc_t, int ACT, int VEC>
 __global__ void bn_act_grad_input_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                                          scalar_t* __restrict__ dx, const acc_t* __restrict__ mean_in,
                                          const acc_t* __restrict__ var_in, const acc_t* __restrict__ w,
@@ -183,14 +194,23 @@ __global__ void bn_act_grad_input_kernel(const scalar_t* __restrict__ dy, const 
                                          const acc_t* __restrict__ sum_dz, int64_t total, int64_t R, int64_t C,
                                          int64_t S, Strides dys, Strides xs, Strides dxs, bool training, acc_t eps,
                                          acc_t slope) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = (i / S) % C, r = (i / (S * C)) * S + i % S;
-    const acc_t mean = mean_in[c], invstd = acc_t(1) / sqrt(var_in[c] + eps), scale = w[c] * invstd;
-    const acc_t xv = static_cast<acc_t>(x[offset(r, c, S, xs)]);
-    const acc_t dz = activation_grad<acc_t>(static_cast<acc_t>(dy[offset(r, c, S, dys)]),
-                                            pre_activation(xv, mean, scale, b[c]), slope, ACT);
-    dx[offset(r, c, S, dxs)] = static_cast<scalar_t>(
-        grad_input(dz, (xv - mean) * invstd, scale, sum_dz[c] / R, sum_dz_xhat[c] / R, training));
+  using P = Pack<scalar_t, VEC>;
+  for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < total / VEC;
+       g += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = g * VEC, c = (i / S) % C, r = (i / (S * C)) * S + i % S;
+    const acc_t mean = mean_in[c], invstd = acc_t(1) / sqrt(var_in[c] + eps), scale = w[c] * invstd, bias = b[c];
+    const acc_t mean_dz = sum_dz[c] / R, mean_dz_xhat = sum_dz_xhat[c] / R;
+    const P xp = *reinterpret_cast<const P*>(x + offset(r, c, S, xs));
+    const P dyp = *reinterpret_cast<const P*>(dy + offset(r, c, S, dys));
+    P out;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const acc_t xv = static_cast<acc_t>(xp.v[k]);
+      const acc_t dz = activation_grad<acc_t>(static_cast<acc_t>(dyp.v[k]), pre_activation(xv, mean, scale, bias),
+                                              slope, ACT);
+      out.v[k] = static_cast<scalar_t>(grad_input(dz, (xv - mean) * invstd, scale, mean_dz, mean_dz_xhat, training));
+    }
+    *reinterpret_cast<P*>(dx + offset(r, c, S, dxs)) = out;
   }
 }
 
@@ -265,11 +285,15 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cuda(const Tensor& x_in, const
       }
       const int64_t total = v.t.numel();
       if (total == 0) return;
-      bn_act_apply_kernel<scalar_t, acc_t, A><<<elementwise_blocks(total), kThreads, 0, stream>>>(
-          v.t.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
-          w.data_ptr<acc_t>(), b.data_ptr<acc_t>(), total, C, v.S, v.st, yv.st, static_cast<acc_t>(eps),
-          static_cast<acc_t>(slope));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int vec = vector_width<scalar_t>(v.S, {{v.t.data_ptr(), v.st}, {y.data_ptr(), yv.st}});
+      with_vector_width<scalar_t>(vec, [&](auto width) {
+        constexpr int VEC = decltype(width)::value;
+        bn_act_apply_kernel<scalar_t, acc_t, A, VEC><<<elementwise_blocks(total / VEC), kThreads, 0, stream>>>(
+            v.t.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
+            w.data_ptr<acc_t>(), b.data_ptr<acc_t>(), total, C, v.S, v.st, yv.st, static_cast<acc_t>(eps),
+            static_cast<acc_t>(slope));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   });
   return {y, mean, var};
@@ -317,12 +341,17 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cuda(const Tensor& dy_in, con
           sums.data_ptr<acc_t>(), C, plan.n_splits);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const int64_t total = v.t.numel();
-      bn_act_grad_input_kernel<scalar_t, acc_t, A><<<elementwise_blocks(total), kThreads, 0, stream>>>(
-          dyv.t.data_ptr<scalar_t>(), v.t.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(),
-          var.data_ptr<acc_t>(), w.data_ptr<acc_t>(), b.data_ptr<acc_t>(), sums.data_ptr<acc_t>(),
-          sums.data_ptr<acc_t>() + plan.n_splits * C, total, R, C, v.S, dyv.st, v.st, dxv.st, training,
-          static_cast<acc_t>(eps), static_cast<acc_t>(slope));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int vec = vector_width<scalar_t>(
+          v.S, {{dyv.t.data_ptr(), dyv.st}, {v.t.data_ptr(), v.st}, {dx.data_ptr(), dxv.st}});
+      with_vector_width<scalar_t>(vec, [&](auto width) {
+        constexpr int VEC = decltype(width)::value;
+        bn_act_grad_input_kernel<scalar_t, acc_t, A, VEC><<<elementwise_blocks(total / VEC), kThreads, 0, stream>>>(
+            dyv.t.data_ptr<scalar_t>(), v.t.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(),
+            var.data_ptr<acc_t>(), w.data_ptr<acc_t>(), b.data_ptr<acc_t>(), sums.data_ptr<acc_t>(),
+            sums.data_ptr<acc_t>() + plan.n_splits * C, total, R, C, v.S, dyv.st, v.st, dxv.st, training,
+            static_cast<acc_t>(eps), static_cast<acc_t>(slope));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   });
   // Row 0 of each half holds the totals: (dweight, dbias) in the parameters' dtype.

@@ -4,6 +4,10 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+#include <utility>
 
 namespace fusedgan {
 namespace {
@@ -60,6 +64,33 @@ View view_of(const Tensor& t_in) {
   if (!ok) t = t.contiguous(), stride_s = 1;
   const int64_t N = t.size(0), C = t.size(1), S = t.numel() / std::max<int64_t>(N * C, 1);
   return {t, N, C, S, {t.stride(0), stride_s, t.stride(1)}};
+}
+
+// VEC consecutive elements, moved as one access (16 bytes when VEC = 16 / sizeof).
+template <typename scalar_t, int VEC>
+struct alignas(sizeof(scalar_t) * VEC) Pack {
+  scalar_t v[VEC];
+};
+
+// 16 / sizeof(scalar_t) when every tensor's (n, c) runs are contiguous, VEC divides S and
+// the strides, and the pointers are 16-byte aligned, so a run splits into aligned 16-byte
+// packs; else 1. Each entry is (data pointer, strides).
+template <typename scalar_t>
+int vector_width(int64_t S, std::initializer_list<std::pair<const void*, Strides>> tensors) {
+  constexpr int kWide = 16 / sizeof(scalar_t);
+  if (S % kWide) return 1;
+  for (const auto& [ptr, st] : tensors) {
+    if (st.s != 1 || st.n % kWide || st.c % kWide || reinterpret_cast<std::uintptr_t>(ptr) % 16) return 1;
+  }
+  return kWide;
+}
+
+// Calls f with std::integral_constant<int, VEC> for the width vector_width chose.
+template <typename scalar_t, typename F>
+void with_vector_width(int vec, F&& f) {
+  constexpr int kWide = 16 / sizeof(scalar_t);
+  if (vec == kWide) f(std::integral_constant<int, kWide>{});
+  else f(std::integral_constant<int, 1>{});
 }
 
 int elementwise_blocks(int64_t total) {

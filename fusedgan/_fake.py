@@ -1,0 +1,26 @@
+"""Fake (meta) implementations of the backend ops: output shapes, dtypes and layouts
+without computing anything, so torch.compile can trace the C++ ops (fusedgan::*) and the
+Triton custom ops (fusedgan_triton::*) alike."""
+
+import torch
+
+
+def _stats_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def bn_act_forward(x, weight, bias, mean, var, training, eps, act, slope):
+    stats = x.new_empty(x.shape[1], dtype=_stats_dtype(x))
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+def bn_act_backward(dy, x, weight, bias, mean, var, training, eps, act, slope):
+    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
+
+
+def conv_leaky_relu_forward(x, weight, bias, stride, padding, dilation, groups, slope):
+    return torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, groups)
+
+
+def leaky_relu_grad_bias(dy, y, slope, has_bias):
+    return torch.empty_like(y), y.new_empty(y.shape[1] if has_bias else 0, dtype=_stats_dtype(y))
