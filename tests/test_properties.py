@@ -5,8 +5,8 @@ Each drawn case runs two training steps and one eval step through every backend 
 through stock BatchNorm{1,2,3}d + activation (float64 for the reference; the input's
 dtype for stock's own error) and holds the results to test_batch_norm_act.py's rules:
 fp32 within 1e-5 of float64 (GUIDE §4), fp64 within 1e-12, fp16/bf16 within twice
-stock's own error, with reductions and differences measured against the size of their
-terms. New cases are drawn on every run (no example database), 300 for BatchNorm and
+stock's own error or one rounding to the dtype, with reductions and differences measured
+against the size of their terms. New cases are drawn on every run (no example database), 300 for BatchNorm and
 100 for Conv2d+LeakyReLU (FUSEDGAN_HYPOTHESIS_EXAMPLES sets the first, a third of it the
 second: benchmarks/run_gpu.sh uses fewer, as every new shape compiles Triton kernels
 there); a failure prints the case to reproduce it.
@@ -20,7 +20,7 @@ import torch
 from _helpers import DEVICE_BACKENDS, rel_err, stock_bn_act
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_batch_norm_act import run_steps, within_one_ulp
+from test_batch_norm_act import _bn, run_steps
 
 import fusedgan
 
@@ -51,12 +51,14 @@ def bn_cases(draw):
     return {
         "shape": shape, "view": view, "dtype": dtype, "activation": activation,
         "slope": draw(st.floats(0.0, 0.5)) if activation == "leaky_relu" else 0.0,
-        "momentum": draw(st.one_of(st.none(), st.floats(0.0, 1.0))),
+        # (below ~1e-3 momentum * batch statistic underflows in fp16 buffers: nothing to test)
+        "momentum": draw(st.one_of(st.none(), st.just(0.0), st.just(1.0), st.floats(1e-3, 1.0))),
         "eps": draw(st.floats(1e-6, 1e-1)),
         "affine": draw(st.booleans()),
         "track_running_stats": draw(st.booleans()),
         "param_dtype": draw(st.sampled_from([torch.float32, dtype])) if half else dtype,
         "scale": draw(st.floats(0.1, 10.0)), "shift": draw(st.floats(-3.0, 3.0)),
+        "seed": draw(st.integers(0, 2 ** 31 - 1)),  # the data's: a printed case reproduces exactly
     }
 
 
@@ -88,6 +90,7 @@ def _stock(fused, case, dtype):
 @settings(max_examples=EXAMPLES, **SETTINGS)
 @given(case=bn_cases())
 def test_batch_norm_act_against_stock(case):
+    torch.manual_seed(case["seed"])
     shape, dtype = case["shape"], case["dtype"]
     _, make_view = VIEWS[case["view"]]
     for device, backend in DEVICE_BACKENDS:
@@ -97,6 +100,7 @@ def test_batch_norm_act_against_stock(case):
         fused = _fused(case, backend, device)
         reference = _stock(fused, case, torch.float64)
         low = dtype in (torch.float16, torch.bfloat16)
+        history = {}  # running statistic -> sum over steps of |its reference value|
         if low:  # stock in the same dtype, against the same float64 reference
             stock_low, reference_low = _stock(fused, case, case["param_dtype"]), _stock(fused, case, torch.float64)
         for training, begin, end in ((True, 0, 2), (False, 2, 3)):
@@ -108,18 +112,30 @@ def test_batch_norm_act_against_stock(case):
                 for what, actual, expected, *terms in ours:
                     err = rel_err(actual, expected, *terms)
                     assert err < TOLERANCE[dtype], f"{backend}: {what}: relative error {err:.2e}"
+                if training:  # eval from the module's own running statistics (x - mean can cancel,
+                    # and the buffers' rounding is not the kernel's error)
+                    _bn(reference).load_state_dict(_bn(fused).state_dict())
                 continue
             stocks = run_steps(stock_low, reference_low, xs[begin:end], grads[begin:end], dtype,
                                make_input=make_view, training=training)
             for (what, actual, expected, *terms), (_, stock_value, _, *_) in zip(ours, stocks):
-                if "running" in what and within_one_ulp(actual, expected):
-                    continue  # C values rounded once to the buffer's dtype (see test_batch_norm_act.py)
+                if "running" in what and actual.dtype in (torch.float16, torch.bfloat16):
+                    # A low-precision buffer is rounded once per step, so after steps 1..k its
+                    # error is bounded by unit roundoff * sum of |running value after step j|;
+                    # finfo.eps (2 units) covers the batch statistics' own rounding too.
+                    key = what.split()[-1]
+                    history[key] = history.get(key, 0) + expected.double().abs()
+                    bound = torch.finfo(actual.dtype).eps * history[key] + torch.finfo(actual.dtype).tiny
+                    assert ((actual.double() - expected).abs() <= bound).all(), f"{backend}: {what}"
+                    continue
+                # Twice stock's error, or (as tiny cases can leave stock's error near 0 by luck)
+                # no more than one rounding to the dtype: unit roundoff = finfo.eps / 2.
                 err, stock_err = rel_err(actual, expected, *terms), rel_err(stock_value, expected, *terms)
-                assert err <= 2 * stock_err + 1e-6, f"{backend}: {what}: error {err:.2e}, stock's {stock_err:.2e}"
+                allowed = max(2 * stock_err + 1e-6, torch.finfo(dtype).eps / 2)
+                assert err <= allowed, f"{backend}: {what}: error {err:.2e}, stock's {stock_err:.2e}"
             if training:  # eval from one set of running statistics, as test_batch_norm_act.py does
                 for module in (fused, reference, reference_low):
-                    module_bn = module if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) else module[0]
-                    module_bn.load_state_dict(stock_low[0].state_dict())
+                    _bn(module).load_state_dict(stock_low[0].state_dict())
 
 
 @st.composite
@@ -133,12 +149,13 @@ def conv_cases(draw):
     return {"shape": (draw(st.integers(1, 3)), cin, *size), "cout": cout, "kernel": kernel, "stride": stride,
             "padding": padding, "dilation": dilation, "groups": groups, "bias": draw(st.booleans()),
             "slope": draw(st.sampled_from([0.0, 0.01, 0.2, draw(st.floats(0.0, 1.0))])),
-            "channels_last": draw(st.booleans())}
+            "channels_last": draw(st.booleans()), "seed": draw(st.integers(0, 2 ** 31 - 1))}
 
 
 @settings(max_examples=max(EXAMPLES // 3, 1), **SETTINGS)
 @given(case=conv_cases())
 def test_conv_leaky_relu_against_stock(case):
+    torch.manual_seed(case["seed"])
     for device, backend in DEVICE_BACKENDS:
         layer = fusedgan.FusedConvLeakyReLU(case["shape"][1], case["cout"], case["kernel"], case["stride"],
                                             case["padding"], case["dilation"], case["groups"], case["bias"],

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "../bn_act_math.h"
+#include "../op_checks.h"
 #include "layout.h"
 
 namespace fusedgan {
@@ -31,10 +32,9 @@ using at::Tensor;
 
 constexpr int64_t kChunk = 256;  // elements converted/summed at a time (on the stack)
 
-// A sum of (v - center) or (v - center)^2 over many short runs: at::vec lanes accumulate
-// across runs (no reduction per run, which would dominate when H*W is small) and are
-// flushed into a double every kFlush elements, so each fp32 lane adds at most
-// kFlush / lanes terms.
+// A sum over many short runs: at::vec lanes accumulate across runs (no reduction per run,
+// which would dominate when H*W is small) and are flushed into a double every kFlush
+// elements, so each fp32 lane adds at most kFlush / lanes terms.
 template <typename opmath_t>
 struct LaneSum {
   using Vec = at::vec::Vectorized<opmath_t>;
@@ -44,6 +44,7 @@ struct LaneSum {
   double total = 0;
   int64_t pending = 0;
 
+  // Adds (v - center) or (v - center)^2 for the len values at p.
   template <bool squared>
   void add(const opmath_t* p, int64_t len, opmath_t center) {
     const Vec c(center);
@@ -58,6 +59,9 @@ struct LaneSum {
       if constexpr (squared) tail += d * d;
       else tail += d;
     }
+    counted(len);
+  }
+  void counted(int64_t len) {
     pending += len;
     if (pending >= kFlush) flush();
   }
@@ -74,6 +78,45 @@ struct LaneSum {
   }
 };
 
+// Adds one run's dz and dz * (x - mean) to two lane sums, straight from registers (no
+// buffer in between: stores to a buffer next to the loads stalled this loop).
+template <typename opmath_t, int act>
+void add_grad_terms(const opmath_t* x, const opmath_t* dy, int64_t len, opmath_t mean, opmath_t scale,
+                    opmath_t bias, opmath_t slope, LaneSum<opmath_t>& sum_dz, LaneSum<opmath_t>& sum_dzx) {
+  using Vec = at::vec::Vectorized<opmath_t>;
+  const Vec vmean(mean), vscale(scale), vbias(bias), zero(opmath_t(0)), vslope(slope);
+  int64_t i = 0;
+  for (; i + Vec::size() <= len; i += Vec::size()) {
+    const Vec xv = Vec::loadu(x + i), dy_v = Vec::loadu(dy + i);
+    Vec dz = dy_v;
+    if constexpr (act != kIdentity) {
+      const Vec z = at::vec::fmadd(xv - vmean, vscale, vbias);
+      const Vec negative = act == kRelu ? zero : dy_v * vslope;
+      dz = Vec::blendv(negative, dy_v, z > zero);  // torch's masks: dy where z > 0 (NaN: negative side)
+    }
+    sum_dz.acc = sum_dz.acc + dz;
+    sum_dzx.acc = at::vec::fmadd(dz, xv - vmean, sum_dzx.acc);
+  }
+  for (; i < len; ++i) {
+    const opmath_t dz = activation_grad<opmath_t>(dy[i], pre_activation(x[i], mean, scale, bias), slope, act);
+    sum_dz.tail += dz;
+    sum_dzx.tail += dz * (x[i] - mean);
+  }
+  sum_dz.counted(len);
+  sum_dzx.counted(len);
+}
+
+// p's len values as opmath_t: p itself, or converted into buf (len <= kChunk).
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+const opmath_t* as_opmath(const scalar_t* p, int64_t len, opmath_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    return p;
+  } else {
+    for (int64_t k = 0; k < len; ++k) buf[k] = static_cast<opmath_t>(p[k]);
+    return buf;
+  }
+}
+
 // Calls f(pointer, length) over channel c's runs in chunks of at most kChunk opmath values
 // (converted into a stack buffer when scalar_t is not opmath_t).
 template <typename scalar_t, typename F>
@@ -84,12 +127,7 @@ void for_channel_chunks(const scalar_t* x, int64_t N, int64_t C, int64_t S, int6
     const scalar_t* run = x + (i * C + c) * S;
     for (int64_t s0 = 0; s0 < S; s0 += kChunk) {
       const int64_t len = std::min(kChunk, S - s0);
-      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-        f(run + s0, len);
-      } else {
-        for (int64_t k = 0; k < len; ++k) buf[k] = static_cast<opmath_t>(run[s0 + k]);
-        f(static_cast<const opmath_t*>(buf), len);
-      }
+      f(as_opmath(run + s0, len, buf), len);
     }
   }
 }
@@ -138,20 +176,7 @@ void apply_rows(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_
           static_cast<scalar_t>(activation(pre_activation<opmath_t>(x[r * C + c], mean[c], scale[c], bias[c]), slope, act));
 }
 
-// One (n, c) run of the rows layout, the same way: dz and dz * (x - mean) into buffers
-// (for the channel's lane sums), and dx.
-template <typename scalar_t, typename opmath_t, int act>
-void grad_terms_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, int64_t len, opmath_t mean,
-                    opmath_t scale, opmath_t bias, opmath_t slope, opmath_t* __restrict__ dz_out,
-                    opmath_t* __restrict__ dzx_out) {
-  for (int64_t s = 0; s < len; ++s) {
-    const opmath_t xv = x[s];
-    const opmath_t dz = activation_grad<opmath_t>(dy[s], pre_activation(xv, mean, scale, bias), slope, act);
-    dz_out[s] = dz;
-    dzx_out[s] = dz * (xv - mean);
-  }
-}
-
+// One (n, c) run of the rows layout, the same way.
 template <typename scalar_t, typename opmath_t, int act, bool training>
 void grad_input_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, scalar_t* __restrict__ out,
                     int64_t len, opmath_t mean, opmath_t invstd, opmath_t scale, opmath_t bias, opmath_t slope,
@@ -261,9 +286,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& x_in, const 
                                                       const std::optional<Tensor>& mean_in,
                                                       const std::optional<Tensor>& var_in, bool training, double eps,
                                                       int64_t act, double slope) {
-  TORCH_CHECK(x_in.dim() >= 2, "fusedgan::bn_act_forward: input must be (N, C, *), got ", x_in.dim(), "D");
-  TORCH_CHECK(training || (mean_in.has_value() && var_in.has_value()),
-              "fusedgan::bn_act_forward: running mean and var are required when not training");
+  check_bn_act_forward(x_in, training, mean_in, var_in);
   const Layout L = layout_of(x_in);
   Tensor y = at::empty_like(L.t);
   const auto stats_options = x_in.options().dtype(stats_dtype(x_in));
@@ -296,7 +319,7 @@ struct ChannelGrad {
 std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight,
                                                        const Tensor& bias, const Tensor& mean_t, const Tensor& var_t,
                                                        bool training, double eps, int64_t act, double slope_d) {
-  TORCH_CHECK(dy_in.sizes() == x_in.sizes(), "fusedgan::bn_act_backward: grad and input shapes differ");
+  check_bn_act_backward(dy_in, x_in);
   const Layout L = layout_of(x_in);
   const Tensor dy_t = in_layout(dy_in.to(x_in.scalar_type()), L);
   Tensor dx = at::empty_like(L.t);
@@ -321,7 +344,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
       if (!L.channels_fast) {
         // One channel at a time: its sums, then its dx while x and dy are in cache (3N bytes).
         at::parallel_for(0, C, 1, [&, x, dy, out](int64_t c0, int64_t c1) {
-          opmath_t dz_buf[kChunk], dzx_buf[kChunk];
+          opmath_t x_buf[kChunk], dy_buf[kChunk];
           for (int64_t c = c0; c < c1; ++c) {
             const auto e = element(c);
             LaneSum<opmath_t> sum_dz, sum_dz_xmu;
@@ -329,10 +352,9 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
               const int64_t base = (i * C + c) * S;
               for (int64_t s0 = 0; s0 < S; s0 += kChunk) {
                 const int64_t len = std::min(kChunk, S - s0);
-                grad_terms_run<scalar_t, opmath_t, A>(x + base + s0, dy + base + s0, len, e.mean, e.scale, e.bias,
-                                                      slope, dz_buf, dzx_buf);
-                sum_dz.template add<false>(dz_buf, len, 0);
-                sum_dz_xmu.template add<false>(dzx_buf, len, 0);
+                const opmath_t* xp = as_opmath(x + base + s0, len, x_buf);
+                const opmath_t* dyp = as_opmath(dy + base + s0, len, dy_buf);
+                add_grad_terms<opmath_t, A>(xp, dyp, len, e.mean, e.scale, e.bias, slope, sum_dz, sum_dz_xmu);
               }
             }
             dbias[c] = sum_dz.result();

@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include "../bn_act_math.h"
+#include "../op_checks.h"
 #include "common.cuh"
 
 namespace fusedgan {
@@ -238,9 +239,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cuda(const Tensor& x_in, const
                                                        const std::optional<Tensor>& mean_in,
                                                        const std::optional<Tensor>& var_in, bool training, double eps,
                                                        int64_t act, double slope) {
-  TORCH_CHECK(x_in.dim() >= 2, "fusedgan::bn_act_forward: input must be (N, C, *), got ", x_in.dim(), "D");
-  TORCH_CHECK(training || (mean_in.has_value() && var_in.has_value()),
-              "fusedgan::bn_act_forward: running mean and var are required when not training");
+  check_bn_act_forward(x_in, training, mean_in, var_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const View v = view_of(x_in);
   Tensor y = at::empty_like(v.t);
@@ -302,7 +301,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cuda(const Tensor& x_in, const
 std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cuda(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight,
                                                         const Tensor& bias, const Tensor& mean_in, const Tensor& var_in,
                                                         bool training, double eps, int64_t act, double slope) {
-  TORCH_CHECK(dy_in.sizes() == x_in.sizes(), "fusedgan::bn_act_backward: grad and input shapes differ");
+  check_bn_act_backward(dy_in, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const View v = view_of(x_in);
   const View dyv = view_of(dy_in.to(x_in.scalar_type()));
