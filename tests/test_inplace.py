@@ -128,3 +128,16 @@ def test_inplace_state_dict_is_stock():
     layer = fusedgan.FusedBNLeakyReLU(3, 0.2, inplace=True)
     layer.load_state_dict(nn.BatchNorm2d(3).state_dict())
     assert "inplace=True" in repr(layer)
+
+
+def test_inplace_nan_and_empty_batch_as_stock():
+    layer = fusedgan.FusedBNLeakyReLU(3, 0.2, inplace=True)
+    stock = nn.Sequential(nn.BatchNorm2d(3), nn.LeakyReLU(0.2))
+    x = torch.randn(2, 3, 4, 4)
+    x[0, 0, 0, 0] = float("nan")
+    assert torch.equal(torch.isnan(layer(x.clone())), torch.isnan(stock(x)))
+    empty = torch.randn(0, 3, 4, 4, requires_grad=True)
+    y = layer(empty * 1)
+    y.sum().backward()
+    assert y.shape == empty.shape and empty.grad.shape == empty.shape
+    torch.testing.assert_close(layer.running_mean, stock[0].running_mean, equal_nan=True)  # NaN in channel 0
