@@ -8,10 +8,13 @@ dweight and dbias are sums over N*H*W terms whose total can cancel to nearly zer
 (C=1 makes that a single scalar), while the rounding error of any summation order is
 bounded by eps * sum(|terms|). Their error is therefore measured relative to the
 larger of the norm of the result and the norm of the per-channel sums of |terms|:
-the condition-aware form of the same relative error. The input gradient gets the same
-treatment (see run_steps): with batch statistics it is a difference of terms that can
-cancel almost completely.
+the condition-aware form of the same relative error. The input gradient and the output
+get the same treatment (see run_steps): with batch statistics the input gradient is a
+difference of terms that can cancel almost completely, and the output is x * scale minus
+mean * scale, which cancels where a channel's values lie close to their mean.
 """
+
+import copy
 
 import pytest
 import torch
@@ -19,6 +22,7 @@ from _helpers import as_stock_copy, randomize_affine, rel_err, stock_bn_act
 
 import fusedgan
 from fusedgan import FusedBNLeakyReLU, FusedBNReLU
+from fusedgan._backends import why_unusable
 from fusedgan.triton import batch_norm_act as triton_bn
 
 FP32_TOL = 1e-5
@@ -44,8 +48,8 @@ def random_steps(shape, device, steps):
 
 def run_steps(module, stock, xs, grads, dtype, channels_last=False, make_input=None, training=True):
     """Run a step per (x, grad), in train or eval mode; yield (what, module's value, the
-    float64 stock reference's value[, sum of |terms| for reductions]) for outputs,
-    gradients and buffers."""
+    float64 stock reference's value[, the size of its terms, for sums and differences])
+    for outputs, gradients and buffers."""
     memory_format = torch.channels_last if xs[0].dim() == 4 else torch.channels_last_3d
     module.train(training)
     stock.train(training)
@@ -63,10 +67,6 @@ def run_steps(module, stock, xs, grads, dtype, channels_last=False, make_input=N
         assert y.dtype == dtype and y.shape == y_ref.shape
         if channels_last:
             assert y.is_contiguous(memory_format=memory_format)
-        grad = grad.to(dtype).double()  # the reference gets the dy the module gets, as it gets its x
-        y.backward(grad.to(dtype))
-        y_ref.backward(grad)
-        yield f"step {step} output", y, y_ref
         bn, bn_ref = _bn(module), _bn(stock)
         dims, shape = [0] + list(range(2, x.dim())), (1, -1) + (1,) * (x.dim() - 2)
         batch_stats = bn_ref.training or bn_ref.running_mean is None
@@ -75,18 +75,34 @@ def run_steps(module, stock, xs, grads, dtype, channels_last=False, make_input=N
         else:
             mean, var = bn_ref.running_mean, bn_ref.running_var
         invstd = torch.rsqrt(var + bn_ref.eps).view(shape)
-        xhat = (x_ref.detach() - mean.view(shape)) * invstd
+        # xhat = (x - mean) * invstd is a difference too: where a channel's values lie close
+        # to their mean (two close values per channel), the mean's rounding alone is
+        # eps * |mean| * invstd. So every result is measured against the size of the terms it
+        # is computed from, with |x| + |mean| in place of |x - mean|.
+        xhat_terms = (x_ref.detach().abs() + mean.abs().view(shape)) * invstd
+        weight = bn_ref.weight.detach().abs().view(shape) if bn_ref.weight is not None else 1.0
+        bias = bn_ref.bias.detach().abs().view(shape) if bn_ref.bias is not None else 0.0
+        z_terms = weight * xhat_terms + bias
+        z_ref = (x_ref.detach() - mean.view(shape)) * invstd
+        if bn_ref.weight is not None:
+            z_ref = z_ref * bn_ref.weight.detach().view(shape) + bn_ref.bias.detach().view(shape)
+        # Where z is 0 up to the float64 reference's own rounding (x equal to its mean, which
+        # fp16 inputs and buffers make likely), the activation's derivative is a tie that
+        # stock settles by rounding noise (it computes x * alpha + beta): dy is 0 there.
+        grad = torch.where(z_ref.abs() <= 1e-12 * z_terms, 0.0, grad.to(dtype).double())
+        y.backward(grad.to(dtype))  # the reference gets the dy the module gets, as it gets its x
+        y_ref.backward(grad)
+        yield f"step {step} output", y, y_ref, z_terms
         # dx = weight * invstd * (dz - mean(dz) - xhat * mean(dz * xhat)): with batch
         # statistics a difference that can cancel (two values per channel: to ~0), so its
         # error is measured against the size of its terms (|dz| <= |dy| for slopes <= 1).
         g = grad.abs()
         dx_terms = g if not batch_stats else \
-            g + g.mean(dims, keepdim=True) + xhat.abs() * (g * xhat.abs()).mean(dims, keepdim=True)
-        weight = bn_ref.weight.detach().abs().view(shape) if bn_ref.weight is not None else 1.0
+            g + g.mean(dims, keepdim=True) + xhat_terms * (g * xhat_terms).mean(dims, keepdim=True)
         yield f"step {step} grad input", x_test.grad, x_ref.grad, weight * invstd * dx_terms
         if bn_ref.weight is not None:
-            yield f"step {step} grad weight", bn.weight.grad, bn_ref.weight.grad, (grad * xhat).abs().sum(dims)
-            yield f"step {step} grad bias", bn.bias.grad, bn_ref.bias.grad, grad.abs().sum(dims)
+            yield f"step {step} grad weight", bn.weight.grad, bn_ref.weight.grad, (g * xhat_terms).sum(dims)
+            yield f"step {step} grad bias", bn.bias.grad, bn_ref.bias.grad, g.sum(dims)
             module.zero_grad()
             stock.zero_grad()
         if bn_ref.running_mean is not None:
@@ -273,6 +289,45 @@ def test_bitwise_repeatable(device_backend):
         results.append((y, x.grad, fused.weight.grad, fused.bias.grad))
     for first, second in zip(*results):
         assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_cpu_kernels_do_not_depend_on_the_thread_count(channels_last):
+    # The C++ CPU kernels group channels by the thread count (NCHW) and cut rows into fixed
+    # blocks (channels_last); every channel's sums must come out the same either way.
+    if why_unusable("cpu", "cpu") is not None:
+        pytest.skip(why_unusable("cpu", "cpu"))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(5, 67, 6, 7) * 3 + 1).contiguous(memory_format=memory_format)
+    grad = torch.randn_like(x)
+    module = make_fused(67, "leaky_relu", 0.2, "cpu", torch.device("cpu"))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3, 8):
+            torch.set_num_threads(count)
+            fused = copy.deepcopy(module)
+            xr = x.clone().requires_grad_()
+            y = fused(xr)
+            y.backward(grad)
+            results.append((y, xr.grad, fused.weight.grad, fused.bias.grad, fused.running_var))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for first, second in zip(results[0], other):
+            assert torch.equal(first, second)
+
+
+def test_cpu_large_outputs_stream_out():
+    # fp32 outputs of 8 MiB and more (kStreamBytes) take the streaming-store path of the CPU
+    # kernels; odd H*W puts the runs' starts off the 32-byte alignment those stores need.
+    if why_unusable("cpu", "cpu") is not None:
+        pytest.skip(why_unusable("cpu", "cpu"))
+    shape = (2, 3, 601, 587)
+    assert torch.Size(shape).numel() * 4 >= 8 << 20
+    fused = make_fused(3, "leaky_relu", 0.2, "cpu", torch.device("cpu"))
+    stock = as_stock_copy(fused, 4, "leaky_relu", 0.2)
+    assert_matches_fp64(fused, stock, shape, torch.device("cpu"), steps=1)
 
 
 def test_nan_and_inf_propagate_as_stock(device_backend):
