@@ -1,5 +1,7 @@
 """Benchmark setup: the device, synchronising timers, and the providers compared."""
 
+import ctypes
+import ctypes.util
 import functools
 import os
 import time
@@ -12,6 +14,34 @@ from fusedgan._backends import why_unusable
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # FUSEDGAN_BENCH_QUICK=1 (benchmarks/run_gpu.sh) trims each suite to its headline cases.
 QUICK = os.environ.get("FUSEDGAN_BENCH_QUICK") == "1"
+
+
+def keep_freed_memory():
+    """Makes glibc's malloc keep freed memory in the process, for every provider alike.
+
+    By default glibc returns large freed blocks to the system (mmap, heap trimming), so
+    the next step's tensors page-fault their memory back in. Whether it does depends on the
+    heap's history, and on this project's 2-core VM a page fault costs about 3 us: a
+    64x128x16x16 BatchNorm+ReLU step took 6.5 ms at ~100 faults and 15-16 ms at ~2,500-3,300
+    faults, stock alike, in repeats of the same loop. That is the allocator, not the
+    kernels, so the CPU benchmarks run with what jemalloc/tcmalloc (PyTorch's CPU
+    performance guide) would give: freed memory reused. FUSEDGAN_BENCH_MALLOC=default keeps
+    glibc's defaults.
+    """
+    if DEVICE.type != "cpu" or os.environ.get("FUSEDGAN_BENCH_MALLOC") == "default":
+        return
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+
+
+keep_freed_memory()
 
 
 def fused_backends():
@@ -28,6 +58,25 @@ def synchronized(fn):
         torch.cuda.synchronize()
 
     return run
+
+
+def layer_step(model, x, grad, mode):
+    """The timed step of one layer: forward, and for "fwd+bwd" its backward to every input.
+
+    The gradients come from torch.autograd.grad, as a layer inside a network gets them: the
+    input's gradient is handed on, not added into x.grad. With y.backward(grad) every step
+    would also pay x.grad += dx, a stock add over three tensors that every provider pays
+    alike and that no layer inside a network pays (it diluted the ratios measured before
+    this was changed; BENCHMARKS.md says which tables used which).
+    """
+    inputs = [x] + [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        y = model(x)
+        if mode != "fwd":
+            torch.autograd.grad(y, inputs, grad)
+
+    return synchronized(step)
 
 
 @functools.cache

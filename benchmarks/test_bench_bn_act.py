@@ -11,7 +11,7 @@ NCHW (each compile costs tens of seconds there), to stay near 15 minutes.
 import pytest
 import torch
 from byte_model import bn_act_bytes
-from conftest import DEVICE, QUICK, environment_info, fused_backends, synchronized
+from conftest import DEVICE, QUICK, environment_info, fused_backends, layer_step
 from torch import nn
 
 import fusedgan
@@ -54,13 +54,7 @@ def test_bn_act(benchmark, shape, activation, slope, provider, dtype, layout, mo
     x = torch.randn(shape, device=DEVICE).to(dtype).contiguous(memory_format=memory_format)
     x.requires_grad_(mode != "fwd")
     grad = torch.randn_like(x)
-
-    def step():
-        y = model(x)
-        if mode != "fwd":
-            y.backward(grad)
-
-    fn = synchronized(step)
+    fn = layer_step(model, x, grad, mode)
     for _ in range(3):  # warm-up: JIT, autotuning and torch.compile stay out of the timings
         fn()
     if GPU:

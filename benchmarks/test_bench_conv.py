@@ -10,7 +10,7 @@ machine): fp32 NCHW and channels_last, and bf16 channels_last.
 import pytest
 import torch
 from byte_model import conv_act_bytes
-from conftest import DEVICE, QUICK, environment_info, fused_backends, synchronized
+from conftest import DEVICE, QUICK, environment_info, fused_backends, layer_step
 from torch import nn
 
 import fusedgan
@@ -44,13 +44,7 @@ def test_conv_leaky_relu(benchmark, layer, provider, dtype, layout, mode):
     x = torch.randn(BATCH, cin, size, size, device=DEVICE, dtype=dtype).contiguous(memory_format=memory_format)
     x.requires_grad_(mode != "fwd")
     grad = torch.randn(BATCH, cout, size // 2, size // 2, device=DEVICE, dtype=dtype)
-
-    def step():
-        y = model(x)
-        if mode != "fwd":
-            y.backward(grad)
-
-    fn = synchronized(step)
+    fn = layer_step(model, x, grad, mode)
     for _ in range(3):
         fn()
     benchmark.pedantic(fn, rounds=20 if GPU else 10, iterations=3 if GPU else 1)
