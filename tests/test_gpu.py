@@ -112,7 +112,7 @@ def _sanitizer():
 
 
 @pytest.mark.skipif(_sanitizer() is None, reason="compute-sanitizer not found")
-@pytest.mark.skipif(why_unusable("cuda", "cuda") is not None, reason="the CUDA kernels are not built")
+@pytest.mark.skipif(why_unusable("cuda", "cuda") is not None, reason=f"cuda backend: {why_unusable('cuda', 'cuda')}")
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
 def test_compute_sanitizer(tool):
     script = Path(__file__).with_name("_sanitize_kernels.py")

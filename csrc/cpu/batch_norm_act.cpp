@@ -286,8 +286,7 @@ std::vector<double> to_vector(const Tensor& t) {
 
 // Rows layout: a group of channels at a time (rows_group_size), statistics (one read of
 // x) then output while the group's slice is still in cache, so x comes from memory once
-// (2N bytes).
-// Training fills mean/var (biased); eval reads them.
+// (2N bytes). Training fills mean/var (biased); eval reads them.
 template <typename scalar_t, int act>
 void forward_rows(const Layout& L, const std::vector<double>& w, const std::vector<double>& b, double eps,
                   bool training, at::opmath_type<scalar_t> slope, std::vector<double>& mean_v,
