@@ -53,6 +53,10 @@ def run_steps(module, stock, xs, grads, dtype, channels_last=False, make_input=N
     memory_format = torch.channels_last if xs[0].dim() == 4 else torch.channels_last_3d
     module.train(training)
     stock.train(training)
+    # The running mean blends batch means, each a sum whose rounding is eps * mean(|x|): where
+    # the batch means lie near 0 (or cancel across steps), their size says nothing of that.
+    # So its error is measured against the same blend of mean(|x|) (the size of its terms).
+    running_mean_terms = None if _bn(stock).running_mean is None else _bn(stock).running_mean.abs()
     for step, (x, grad) in enumerate(zip(xs, grads)):
         step = f"{'train' if training else 'eval'} {step}"
         if channels_last:
@@ -70,6 +74,10 @@ def run_steps(module, stock, xs, grads, dtype, channels_last=False, make_input=N
         bn, bn_ref = _bn(module), _bn(stock)
         dims, shape = [0] + list(range(2, x.dim())), (1, -1) + (1,) * (x.dim() - 2)
         batch_stats = bn_ref.training or bn_ref.running_mean is None
+        if bn_ref.training and running_mean_terms is not None:
+            tracked = bn_ref.num_batches_tracked.item()
+            momentum = bn_ref.momentum if bn_ref.momentum is not None else 1.0 / tracked
+            running_mean_terms = (1 - momentum) * running_mean_terms + momentum * x_ref.detach().abs().mean(dims)
         if batch_stats:
             var, mean = torch.var_mean(x_ref.detach(), dims, correction=0)
         else:
@@ -106,7 +114,7 @@ def run_steps(module, stock, xs, grads, dtype, channels_last=False, make_input=N
             module.zero_grad()
             stock.zero_grad()
         if bn_ref.running_mean is not None:
-            yield f"step {step} running_mean", bn.running_mean, bn_ref.running_mean
+            yield f"step {step} running_mean", bn.running_mean, bn_ref.running_mean, running_mean_terms
             yield f"step {step} running_var", bn.running_var, bn_ref.running_var
             assert bn.num_batches_tracked.item() == bn_ref.num_batches_tracked.item()
 
