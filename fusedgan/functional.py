@@ -59,9 +59,9 @@ def _update_running_stats(running_mean, running_var, mean, var, count, momentum)
         unbiased = var * (count / (count - 1))
         if not torch.is_tensor(count) and not torch.is_tensor(momentum) and running_mean is not None and \
                 running_mean.dtype == mean.dtype and running_var.dtype == var.dtype:
-            # One foreach call for both buffers (the per-step cost of a small layer): lerp
-            # computes running + momentum * (batch - running), rounded once, as stock's
-            # update is.
+            # One foreach call for both buffers (the per-step cost of a small layer): lerp's
+            # running + momentum * (batch - running) is stock's momentum * batch +
+            # (1 - momentum) * running up to rounding.
             torch._foreach_lerp_([running_mean, running_var], [mean, unbiased], momentum)
             return
         for running, batch in ((running_mean, mean), (running_var, unbiased)):

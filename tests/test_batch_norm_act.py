@@ -11,7 +11,9 @@ larger of the norm of the result and the norm of the per-channel sums of |terms|
 the condition-aware form of the same relative error. The input gradient and the output
 get the same treatment (see run_steps): with batch statistics the input gradient is a
 difference of terms that can cancel almost completely, and the output is x * scale minus
-mean * scale, which cancels where a channel's values lie close to their mean.
+mean * scale, which cancels where a channel's values lie close to their mean; the running
+mean is measured against the same blend of batch means of |x|. Where z is 0 up to float64
+rounding the activation's derivative is a tie, and dy is set to 0 there.
 """
 
 import copy
