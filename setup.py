@@ -61,7 +61,8 @@ def _extensions():
                            "(set CUDA_HOME to the CUDA toolkit)")
 
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
-               + sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
+               + sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+               + sorted(glob.glob(os.path.join(ROOT, "csrc", "autograd", "*.cpp")))]
     # -fopenmp: at::parallel_for is inline OpenMP code, serial without it. at::vec uses AVX2
     # only when CPU_CAPABILITY_AVX2 is defined (as ATen builds its own AVX2 kernels)
     # (fusedgan._extension refuses the cpu backend on a processor without them).

@@ -1,4 +1,4 @@
-"""GUIDE §2's byte model: the least memory traffic each fused op can have.
+"""The byte model of docs/performance.md: the least memory traffic each fused op can have.
 
 BatchNorm+activation over N elements of `itemsize` bytes (per-channel vectors ignored):
 forward reads x and writes y (2N); backward reads x and dy and writes dx (3N). Stock eager

@@ -3,8 +3,8 @@
     python benchmarks/report.py bench.json [more.json ...]      # the table, to stdout
     python benchmarks/report.py bench.json --markdown out.md --plot docs/speedup.png
 
-Per op, shape, mode and dtype: each provider's median time, achieved GB/s (GUIDE §2's
-minimal bytes over the time), the fraction of the copy roofline measured on the same
+Per op, shape, mode and dtype: each provider's median time, achieved GB/s (the minimal
+bytes of docs/performance.md over the time), the fraction of the copy roofline measured on the same
 device in the same run, and the speed-up over stock eager and over torch.compile. The PNG
 plots the speed-up over stock eager by shape and provider, a panel per op, mode and dtype.
 """

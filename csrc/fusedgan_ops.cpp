@@ -13,6 +13,19 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(fusedgan, m) {
+  // The eager entry of a BatchNorm + activation layer (csrc/autograd/batch_norm_act.cpp):
+  // checks, y = act(batch_norm(x)), the running-statistics update (running_mean,
+  // running_var and num_batches_tracked, when given and training) and the backward.
+  // momentum None is the cumulative average over num_batches_tracked.
+  m.def(
+      "batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, bool training, float? momentum, float eps, "
+      "int act, float slope) -> Tensor");
+  // The eager entry of a Conv2d + LeakyReLU layer (csrc/autograd/conv_leaky_relu.cpp):
+  // checks, leaky_relu(conv2d(x, weight, bias), slope) and the backward.
+  m.def(
+      "conv2d_leaky_relu(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, float slope) -> Tensor");
   // y = act(batch_norm(x)). Returns (y, mean, var): the batch mean and biased variance
   // (fp32, fp64 for fp64 x) when training, else the given running ones.
   m.def(

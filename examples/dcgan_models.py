@@ -1,6 +1,12 @@
 """The two GANs of the example, written with stock layers (fusedgan.convert fuses them).
 
-- "seed": the generator and discriminator of shared/seed/relu-in-gans.md, section 5.
+- "seed": the GAN of the article this project grew from (a study of ReLU in GANs): a
+  generator that maps the noise through a Linear layer to 256 channels at 1/8 of the image
+  size, then three stride-2 4x4 transposed convolutions (BatchNorm + ReLU after the first
+  two, Tanh last); a discriminator of three stride-2 4x4 convolutions, each followed by
+  LeakyReLU(0.2) (with BatchNorm in between for the last two), and a linear head. The
+  article's generator started at 1/4 of the image size and so made images twice too large
+  for its discriminator; here it starts at 1/8.
 - "dcgan": the classic DCGAN (Radford et al.) as in the PyTorch examples, for 32x32 and
   64x64, with the discriminator's final Sigmoid left out (the loss takes logits).
 """

@@ -3,7 +3,8 @@
 A backend is a module with the same functions (bn_act_forward, bn_act_backward, ...).
 "auto" picks, by the tensor's device: CUDA tensors -> "cuda", else "triton", else
 "torch"; CPU tensors -> "cpu", else "torch". It never picks Triton on the CPU (only its
-interpreter runs there). FUSEDGAN_BACKEND overrides "auto". A backend asked for by name
+interpreter runs there). FUSEDGAN_BACKEND overrides "auto" (read once, when a backend is
+first resolved: set it before the process starts). A backend asked for by name
 that cannot run raises BackendUnavailableError saying why and how to get it.
 """
 
@@ -75,7 +76,10 @@ def why_unusable(backend, device_type):
 
 
 @functools.cache
-def _resolve(backend, device_type, override):
+def _resolve(backend, device_type):
+    # Cached, FUSEDGAN_BACKEND included: it is read when a (backend, device) pair is first
+    # resolved (reading the environment costs microseconds a call, against stock's ~20 per layer).
+    override = os.environ.get(ENV_VAR, "")
     if backend == "auto" and override:
         backend = check_backend_name(override) if override != "auto" else "auto"
     if backend == "auto":
@@ -93,7 +97,7 @@ def _resolve(backend, device_type, override):
 @torch.compiler.assume_constant_result  # under torch.compile: run once while tracing, its name baked in
 def resolve_backend(backend, device):
     """The name of the backend that runs for `backend` on `device` (a torch.device)."""
-    return _resolve(backend, device.type, os.environ.get(ENV_VAR, ""))
+    return _resolve(backend, device.type)
 
 
 def backend_module(name):

@@ -4,9 +4,19 @@ Inside every nn.Sequential (nested ones too), a BatchNorm{1,2,3}d directly follo
 nn.ReLU / nn.LeakyReLU becomes FusedBNReLU / FusedBNLeakyReLU, and an nn.Conv2d directly
 followed by nn.LeakyReLU / nn.ReLU becomes FusedConvLeakyReLU. The fused module takes the
 first layer's place and the activation's slot becomes nn.Identity, so every state_dict key
-stays the same: the converted model loads the original's checkpoints and vice versa. The
-fused modules take over the very Parameter and buffer objects (so requires_grad, device,
-dtype and an optimizer built on them carry over) and the train/eval mode.
+stays the same: the converted model loads the original's checkpoints and vice versa.
+
+What is shared and what is copied: the converted model holds the original's very
+Parameter and buffer objects (as nn.SyncBatchNorm.convert_sync_batchnorm does), so an
+optimizer, an EMA or anything else built on them before the call keeps working on the
+converted model, and requires_grad, device and dtype carry over. The modules around them
+are copied (the original model is left as it was, and the two share their parameters and
+running statistics) unless inplace=True, which converts the given model itself. Convert
+after the model's own weight initialisation: initialisers that find layers by class name
+(e.g. `classname.find("BatchNorm")`) do not recognise the fused classes.
+
+Normalisation layers followed by an activation that have no fused form yet (InstanceNorm,
+GroupNorm, LayerNorm) are listed in the report as left alone, with the reason.
 
 sync_batchnorm=True makes every fused BatchNorm synchronize its statistics across the
 ranks of process_group (the fused form of nn.SyncBatchNorm.convert_sync_batchnorm), and
@@ -33,6 +43,7 @@ logger = logging.getLogger("fusedgan.convert")
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
+_UNFUSED_NORMS = (nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)  # no fused form yet
 
 
 def _slope(activation):
@@ -88,16 +99,20 @@ def convert(module, *, backend="auto", inplace=False, return_report=False, sync_
             memory_saving=False):
     """Fuse BatchNorm+ReLU/LeakyReLU and Conv2d+LeakyReLU/ReLU pairs of `module`.
 
-    Returns the converted model (a deep copy unless inplace=True), or (model, report) with
-    return_report=True, where report lists (qualified name, "fused" / "left alone", reason).
-    Each decision is also logged to the "fusedgan.convert" logger at INFO level.
+    Returns the converted model, or (model, report) with return_report=True, where report
+    lists (qualified name, "fused" / "left alone", reason). Each decision is also logged to
+    the "fusedgan.convert" logger at INFO level. The converted model shares the original's
+    Parameter and buffer objects; its modules are a copy unless inplace=True (see the
+    module docstring).
     """
     check_backend_name(backend)
     if process_group is not None and not sync_batchnorm:
         raise ValueError("process_group is only used with sync_batchnorm=True")
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    model = module if inplace else copy.deepcopy(module)
+    # A copy of the modules that keeps the Parameter and buffer objects themselves.
+    shared = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    model = module if inplace else copy.deepcopy(module, memo=shared)
     report = []
     for prefix, container in list(model.named_modules()):
         if not isinstance(container, nn.Sequential):
@@ -106,6 +121,10 @@ def convert(module, *, backend="auto", inplace=False, return_report=False, sync_
         for index, (name, next_name) in enumerate(zip(names, names[1:])):
             layer, activation = container._modules[name], container._modules[next_name]
             qualified = f"{prefix}.{name}" if prefix else name
+            if isinstance(layer, _UNFUSED_NORMS) and isinstance(activation, _ACTIVATIONS):
+                report.append((qualified, "left alone", f"{type(layer).__name__} + {type(activation).__name__}: "
+                                                        "not supported yet"))
+                continue
             if not (type(layer) in _BATCH_NORMS or type(layer) is nn.Conv2d):
                 continue
             if not isinstance(activation, _ACTIVATIONS):

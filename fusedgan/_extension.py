@@ -50,8 +50,10 @@ def why_unusable(backend):
     return None
 
 
+_ENTRY_OPS = ("batch_norm_act", "conv2d_leaky_relu")
+
 if _load_error is None:
-    for _op in _OPS:
+    for _op in _OPS + _ENTRY_OPS:
         torch.library.register_fake(f"fusedgan::{_op}")(getattr(_fake, _op))
 
 
@@ -70,3 +72,11 @@ if _load_error is None:
 
 def ops(backend):
     return _BACKEND
+
+
+# The eager entry ops (csrc/autograd/): checks, kernels, running statistics and backward
+# in one dispatcher call. Called directly (the OpOverload, not the packet) to keep
+# eager calls as cheap as stock's; None when _C is not loaded.
+ENTRY_BACKENDS = ("cpu", "cuda")
+batch_norm_act = torch.ops.fusedgan.batch_norm_act.default if _load_error is None else None
+conv2d_leaky_relu = torch.ops.fusedgan.conv2d_leaky_relu.default if _load_error is None else None

@@ -24,3 +24,13 @@ def conv_leaky_relu_forward(x, weight, bias, stride, padding, dilation, groups, 
 
 def leaky_relu_grad_bias(dy, y, slope, has_bias):
     return torch.empty_like(y), y.new_empty(y.shape[1] if has_bias else 0, dtype=_stats_dtype(y))
+
+
+def batch_norm_act(input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, act,
+                   slope):
+    # The entry op's output is bn_act_forward's y (its buffer updates are in place).
+    return bn_act_forward(input, weight, bias, running_mean, running_var, training, eps, act, slope)[0]
+
+
+def conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups, slope):
+    return conv_leaky_relu_forward(input, weight, bias, stride, padding, dilation, groups, slope)

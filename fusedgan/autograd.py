@@ -1,18 +1,46 @@
 """The torch.autograd.Function classes: each saves the fewest tensors and calls one backend."""
 
+import functools
+
 import torch
-from torch.autograd.function import once_differentiable
 
 from fusedgan import reference
 from fusedgan._activation import IDENTITY
 from fusedgan._backends import backend_module
 
 
+def first_order_only(reason):
+    """For a backward whose gradients are not themselves differentiable: it runs without
+    recording a graph, and under create_graph=True its gradients get a node that raises
+    `reason` if a second backward reaches it. Unlike @once_differentiable, the saved
+    tensors count too: a penalty whose dependence runs only through them (a sum over the
+    layer's output, say) would otherwise get a silently wrong, partly missing gradient."""
+
+    def decorate(backward):
+        @functools.wraps(backward)
+        def wrapper(ctx, *grads):
+            with torch.no_grad():
+                outputs = backward(ctx, *grads)
+            inputs = [*grads, *ctx.saved_tensors]
+            if not torch.is_grad_enabled() or not any(isinstance(t, torch.Tensor) and t.requires_grad
+                                                      for t in inputs):
+                return outputs
+            error = torch._C._functions.DelayedError(f"fusedgan: {reason}".encode(), len(outputs))
+            aliases = [None if t is None else t.detach().requires_grad_() for t in outputs]
+            return error(*aliases)
+
+        return wrapper
+
+    return decorate
+
+
 class BatchNormActFunction(torch.autograd.Function):
     """y = act(batch_norm(x)), with (y, mean, var) out and (dx, dweight, dbias) back.
 
     Saved for backward: the input, the parameters and the per-channel statistics; the
-    pre-activation tensor is recomputed in backward, never stored. Arguments:
+    pre-activation tensor is recomputed in backward, never stored. Under create_graph=True
+    the backward is the reference formula in differentiable torch ops, so second-order
+    gradients (WGAN-GP, R1 penalties) are stock's. Arguments:
     (x, weight, bias, mean, var, training, eps, act, slope, backend) with weight and bias
     (C,) tensors, mean/var the running statistics (ignored when training), act an
     activation code from fusedgan._activation and backend a resolved backend name.
@@ -28,10 +56,13 @@ class BatchNormActFunction(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, _dmean, _dvar):
         x, weight, bias, mean, var = ctx.saved_tensors
         training, eps, act, slope, ops = ctx.config
+        if torch.is_grad_enabled():
+            # create_graph=True (gradient penalties): gradients that are differentiable
+            # themselves, the reference formula in torch ops.
+            ops = reference
         dx, dweight, dbias = ops.bn_act_backward(dy, x, weight, bias, mean, var, training, eps, act, slope)
         need = ctx.needs_input_grad
         return (dx if need[0] else None, dweight if need[1] else None, dbias if need[2] else None,
@@ -68,7 +99,8 @@ class InPlaceBatchNormActFunction(torch.autograd.Function):
         return x, mean, var
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("the memory-saving mode (inplace=True) has no second-order gradients (create_graph=True, "
+                      "e.g. a gradient penalty): its input was overwritten; use inplace=False in such a model")
     def backward(ctx, dy, _dmean, _dvar):
         y, weight, bias, mean, var, zero, zero_channels = ctx.saved_tensors
         training, eps, act, slope = ctx.config
@@ -118,7 +150,7 @@ class Conv2dLeakyReLUFunction(torch.autograd.Function):
         stride, padding, dilation, groups, slope, ops, has_bias = ctx.config
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph=True: stay differentiable
-            dz = torch.where(y > 0, dy, dy * slope)
+            dz = torch.ops.aten.leaky_relu_backward(dy, y, slope, True)  # d/dy of it: 0, as in stock's graph
             db = dz.sum((0, 2, 3)) if has_bias and need_b else None
         else:
             dz, db = ops.leaky_relu_grad_bias(dy, y, slope, has_bias and need_b)

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from fusedgan import reference
 from fusedgan._backends import backend_module
+from fusedgan.autograd import first_order_only
 
 
 def sync_group_size(process_group):
@@ -67,6 +68,8 @@ class SyncBatchNormActFunction(torch.autograd.Function):
         return y, mean, var, total
 
     @staticmethod
+    @first_order_only("synchronized BatchNorm (sync=True) has no second-order gradients (create_graph=True, e.g. "
+                      "a gradient penalty); use sync=False in a critic trained with one")
     def backward(ctx, dy, _dmean, _dvar, _dtotal):
         x, weight, bias, mean, var, total = ctx.saved_tensors
         eps, act, slope, ops, process_group = ctx.config

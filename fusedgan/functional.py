@@ -5,6 +5,7 @@ import numbers
 
 import torch
 
+from fusedgan import _extension
 from fusedgan._activation import IDENTITY, LEAKY_RELU, RELU, activation_code
 from fusedgan._backends import check_backend_name, resolve_backend
 from fusedgan.autograd import BatchNormActFunction, Conv2dLeakyReLUFunction, InPlaceBatchNormActFunction
@@ -50,6 +51,17 @@ def _check_scalar(value, name, minimum=None):
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
+_NUMBER = (float, int)
+
+
+def _uses_entry_op(input, backend):
+    """Whether an eager call on `input` goes through a C++ entry op (fusedgan._extension):
+    a non-empty input whose backend is a C++ one, outside torch.compile (which traces the
+    Python path)."""
+    return (input.numel() > 0 and not torch.compiler.is_compiling()
+            and resolve_backend(check_backend_name(backend), input.device) in _extension.ENTRY_BACKENDS)
+
+
 def _update_running_stats(running_mean, running_var, mean, var, count, momentum):
     # As stock: momentum * batch + (1 - momentum) * running, with the unbiased variance.
     # momentum may be a tensor (the cumulative average 1 / num_batches_tracked), so no
@@ -84,6 +96,11 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     output over input and saves only it for backward (see InPlaceBatchNormActFunction);
     input must then be a tensor nothing else reads afterwards.
     """
+    if (isinstance(input, torch.Tensor) and not (sync or inplace) and type(momentum) in _NUMBER
+            and type(eps) in _NUMBER and type(negative_slope) in _NUMBER and _uses_entry_op(input, backend)):
+        # The C++ entry op checks every argument as below, with the same messages.
+        return _extension.batch_norm_act(input, weight, bias, running_mean, running_var, None, bool(training),
+                                         momentum, eps, activation_code(activation), negative_slope)
     _check_input(input)
     for tensor, name in ((running_mean, "running_mean"), (running_var, "running_var"),
                          (weight, "weight"), (bias, "bias")):
@@ -150,6 +167,12 @@ def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1,
                       backend="auto"):
     """leaky_relu(conv2d(input, weight, bias), negative_slope) in one op (negative_slope=0 is
     ReLU); the arguments of torch.nn.functional.conv2d, with zero padding."""
+    if (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and type(groups) is int
+            and type(negative_slope) in _NUMBER and not torch.is_autocast_enabled(input.device.type)
+            and _uses_entry_op(input, backend)):
+        # The C++ entry op checks every argument as below, with the same messages.
+        return _extension.conv2d_leaky_relu(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
+                                            _pair(dilation, "dilation"), groups, negative_slope)
     _check_input(input)
     if isinstance(weight, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
         # As torch's conv2d under autocast: run in the autocast dtype (casts are differentiable).

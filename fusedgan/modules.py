@@ -3,8 +3,10 @@
 import torch.nn.functional as F
 from torch import nn
 
+from fusedgan import _extension
+from fusedgan._activation import activation_code
 from fusedgan._backends import check_backend_name
-from fusedgan.functional import batch_norm_act, conv2d_leaky_relu
+from fusedgan.functional import _uses_entry_op, batch_norm_act, conv2d_leaky_relu
 
 __all__ = ["FusedBatchNorm", "FusedBNReLU", "FusedBNLeakyReLU", "FusedConvLeakyReLU"]
 
@@ -28,6 +30,7 @@ class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
     """
 
     activation = "relu"
+    _act = activation_code(activation)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  device=None, dtype=None, *, backend="auto", sync=False, process_group=None, inplace=False):
@@ -55,8 +58,19 @@ class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(input)
         # As nn.modules.batchnorm._BatchNorm.forward, except that momentum=None's
         # cumulative average stays a tensor (no host synchronisation).
+        counted = self.training and self.track_running_stats and self.num_batches_tracked is not None
+        if not (self.sync or self.inplace) and _uses_entry_op(input, self.backend):
+            # One C++ call, which also counts the batch and updates the running statistics.
+            # The parameter and buffer dicts are read directly: nn.Module's attribute lookup
+            # costs about a microsecond a name, a visible part of a small layer's call.
+            params, buffers, keep = self._parameters, self._buffers, not self.training or self.track_running_stats
+            return _extension.batch_norm_act(
+                input, params["weight"], params["bias"], buffers["running_mean"] if keep else None,
+                buffers["running_var"] if keep else None, buffers["num_batches_tracked"] if counted else None,
+                self.training or buffers["running_mean"] is None,
+                self.momentum if counted else (self.momentum or 0.0), self.eps, self._act, self._negative_slope())
         momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+        if counted:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 momentum = 1.0 / self.num_batches_tracked
@@ -78,6 +92,7 @@ class FusedBatchNorm(_FusedBatchNormAct):
     synchronized statistics (sync=True) on any device."""
 
     activation = "identity"
+    _act = activation_code(activation)
 
 
 class FusedBNReLU(_FusedBatchNormAct):
@@ -88,6 +103,7 @@ class FusedBNLeakyReLU(_FusedBatchNormAct):
     """Drop-in for nn.Sequential(nn.BatchNorm2d(C), nn.LeakyReLU(negative_slope))."""
 
     activation = "leaky_relu"
+    _act = activation_code(activation)
 
     def __init__(self, num_features, negative_slope=0.01, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, device=None, dtype=None, *, backend="auto", sync=False, process_group=None,

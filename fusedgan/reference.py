@@ -32,10 +32,12 @@ def activation(z, act, slope):
 
 
 def activation_grad(dy, z, act, slope):
+    # torch's own backward ops: the same masks, and (as in stock's graph) a zero derivative
+    # with respect to z, so second-order gradients give zeros where stock does, not None.
     if act == RELU:
-        return torch.where(z > 0, dy, torch.zeros_like(dy))
+        return torch.ops.aten.threshold_backward(dy, z, 0)
     if act == LEAKY_RELU:
-        return torch.where(z > 0, dy, dy * slope)
+        return torch.ops.aten.leaky_relu_backward(dy, z, slope, False)
     return dy
 
 
@@ -45,21 +47,31 @@ def _pre_activation(xf, mean, var, weight, bias, eps):
     return (xf - mean.to(xf.dtype).view(shape)) * scale.view(shape) + bias.to(xf.dtype).view(shape)
 
 
+def _batch_stats(xf):
+    """Batch mean and biased variance per channel (two passes)."""
+    dims = _reduce_dims(xf)
+    count = max(xf.numel() // max(xf.shape[1], 1), 1)
+    mean = xf.sum(dims) / count
+    return mean, (xf - mean.view(_channel_shape(xf))).square().sum(dims) / count
+
+
 def bn_act_forward(x, weight, bias, mean, var, training, eps, act, slope):
     xf = x.to(_acc_dtype(x))
     if training:
-        dims = _reduce_dims(x)
-        count = max(x.numel() // max(x.shape[1], 1), 1)
-        mean = xf.sum(dims) / count
-        var = (xf - mean.view(_channel_shape(x))).square().sum(dims) / count
+        mean, var = _batch_stats(xf)
     y = activation(_pre_activation(xf, mean, var, weight, bias, eps), act, slope)
     return y.to(x.dtype), mean, var
 
 
 def bn_act_backward(dy, x, weight, bias, mean, var, training, eps, act, slope):
+    """Differentiable in every input: when training, the batch statistics are recomputed
+    from x (equal to forward's up to rounding), so that their dependence on x is part of
+    the graph and second-order gradients (create_graph=True) are exact."""
     xf = x.to(_acc_dtype(x))
     shape = _channel_shape(x)
     dims = _reduce_dims(x)
+    if training:
+        mean, var = _batch_stats(xf)
     invstd = torch.rsqrt(var.to(xf.dtype) + eps)
     xhat = (xf - mean.to(xf.dtype).view(shape)) * invstd.view(shape)
     dz = activation_grad(dy.to(xf.dtype), _pre_activation(xf, mean, var, weight, bias, eps), act, slope)
@@ -78,5 +90,5 @@ def conv_leaky_relu_forward(x, weight, bias, stride, padding, dilation, groups, 
 
 
 def leaky_relu_grad_bias(dy, y, slope, has_bias):
-    dz = torch.where(y > 0, dy, dy * slope)
+    dz = torch.ops.aten.leaky_relu_backward(dy, y, slope, True)  # the mask read off the output y
     return dz, (dz.sum((0, 2, 3), dtype=_acc_dtype(dz)) if has_bias else None)

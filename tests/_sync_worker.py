@@ -4,6 +4,7 @@ Reads the cases the test wrote (full batches, the rows this rank takes, paramete
 runs each through the fused layers with sync=True on its rows, and saves what it got.
 """
 
+import copy
 import sys
 
 import torch
@@ -37,7 +38,8 @@ def run_case(case, rank):
 def run_ddp(spec, rank):
     """One DDP step of a converted model (sync_batchnorm=True) on this rank's rows."""
     torch.manual_seed(0)
-    model = fusedgan.convert(spec["model"], sync_batchnorm=True, backend=spec["backend"])
+    # A copy per backend: convert shares the model's parameters, and every spec holds the same model.
+    model = fusedgan.convert(copy.deepcopy(spec["model"]), sync_batchnorm=True, backend=spec["backend"])
     ddp = nn.parallel.DistributedDataParallel(model)
     rows = spec["rows"][rank]
     out = ddp(spec["x"][rows[0]:rows[1]])

@@ -1,6 +1,6 @@
 """Test setup: Triton runs through its interpreter when no GPU is present.
 
-TRITON_INTERPRET must be set before triton is imported (GUIDE §5), so it is set here,
+TRITON_INTERPRET must be set before triton is imported (Triton reads it then), so it is set here,
 before any test module imports fusedgan.triton.
 """
 

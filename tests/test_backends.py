@@ -25,6 +25,7 @@ def test_auto_never_picks_triton_on_cpu():
 
 def test_env_var_overrides_auto(monkeypatch):
     monkeypatch.setenv("FUSEDGAN_BACKEND", "torch")
+    _backends._resolve.cache_clear()  # the variable is read when a backend is first resolved
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     monkeypatch.setenv("FUSEDGAN_BACKEND", "triton")
     monkeypatch.setattr(_backends, "_triton_interpreted", lambda: False)
@@ -32,6 +33,7 @@ def test_env_var_overrides_auto(monkeypatch):
     with pytest.raises(BackendUnavailableError, match="from FUSEDGAN_BACKEND"):
         resolve_backend("auto", torch.device("cpu"))
     monkeypatch.setenv("FUSEDGAN_BACKEND", "nonsense")
+    _backends._resolve.cache_clear()
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve_backend("auto", torch.device("cpu"))
     _backends._resolve.cache_clear()

@@ -1,6 +1,6 @@
 """FusedBNReLU / FusedBNLeakyReLU against stock BatchNorm{1,2,3}d + ReLU/LeakyReLU.
 
-Tolerances (GUIDE §4): fp32 against a float64 reference, relative error (norm) under
+Tolerances (docs/numerics.md): fp32 against a float64 reference, relative error (norm) under
 1e-5; fp16/bf16 at most twice stock PyTorch's own error at that precision against the
 same float64 reference (plus 1e-6 so a bit-exact stock result does not demand zero).
 

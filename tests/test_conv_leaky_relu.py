@@ -1,13 +1,13 @@
 """FusedConvLeakyReLU against stock nn.Conv2d + nn.LeakyReLU.
 
-Tolerances (GUIDE §4): fp32 against a float64 reference, relative error under 1e-5 with
+Tolerances (docs/numerics.md): fp32 against a float64 reference, relative error under 1e-5 with
 TF32 off, 1e-3 with TF32 on (GPU, as torch.backends.cudnn.allow_tf32 allows); fp16/bf16
 at most twice stock's own error at that precision (plus 1e-6).
 """
 
 import pytest
 import torch
-from _helpers import rel_err
+from _helpers import DEVICE_BACKENDS, rel_err
 from torch import nn
 
 import fusedgan
@@ -170,24 +170,40 @@ def test_is_a_conv2d_and_state_dict_exchange():
     fusedgan.Conv2dLeakyReLUFunction  # exported  # noqa: B018
 
 
-def test_bad_inputs():
+@pytest.mark.parametrize("backend", sorted({b for d, b in DEVICE_BACKENDS if d == "cpu"}))
+def test_bad_inputs(backend):
+    """The same messages from the C++ entry op's checks and from the Python ones."""
+    def conv(*args, **kwargs):
+        return conv2d_leaky_relu(*args, **kwargs, backend=backend)
+
     w = torch.randn(4, 3, 3, 3)
+    x = torch.randn(2, 3, 8, 8)
     with pytest.raises(ValueError, match="weight expects 3 input channels"):
-        conv2d_leaky_relu(torch.randn(2, 5, 8, 8), w)
+        conv(torch.randn(2, 5, 8, 8), w)
     with pytest.raises(ValueError, match=r"input must have shape \(N, C, H, W\)"):
-        conv2d_leaky_relu(torch.randn(3, 8, 8), w)
+        conv(torch.randn(3, 8, 8), w)
+    with pytest.raises(ValueError, match=r"weight must be a 4D tensor"):
+        conv(x, w[0])
     with pytest.raises(ValueError, match="larger than the padded input"):
-        conv2d_leaky_relu(torch.randn(2, 3, 2, 2), w)
+        conv(torch.randn(2, 3, 2, 2), w)
     with pytest.raises(TypeError, match="input must be float16, bfloat16, float32 or float64"):
-        conv2d_leaky_relu(torch.zeros(2, 3, 8, 8, dtype=torch.int64), w)
+        conv(torch.zeros(2, 3, 8, 8, dtype=torch.int64), w)
     with pytest.raises(TypeError, match="weight must have the input's dtype"):
-        conv2d_leaky_relu(torch.randn(2, 3, 8, 8), w.double())
+        conv(x, w.double())
+    with pytest.raises(ValueError, match="weight is on meta but input is on cpu"):
+        conv(x, w.to("meta"))
     with pytest.raises(ValueError, match="negative_slope must be >= 0"):
-        conv2d_leaky_relu(torch.randn(2, 3, 8, 8), w, negative_slope=-0.1)
+        conv(x, w, negative_slope=-0.1)
+    with pytest.raises(ValueError, match="negative_slope must be a finite number"):
+        conv(x, w, negative_slope=float("inf"))
     with pytest.raises(ValueError, match="negative_slope must be >= 0"):
         FusedConvLeakyReLU(3, 4, 3, negative_slope=-1.0)
     with pytest.raises(ValueError, match="bias must have shape"):
-        conv2d_leaky_relu(torch.randn(2, 3, 8, 8), w, torch.zeros(5))
+        conv(x, w, torch.zeros(5))
+    with pytest.raises(ValueError, match="groups must be a positive int dividing"):
+        conv(x, w, groups=2)
+    with pytest.raises(ValueError, match="stride and dilation must be >= 1 and padding >= 0"):
+        conv(x, w, stride=0)
 
 
 def test_autocast_matches_stock(device_backend):

@@ -27,12 +27,13 @@ def _run(model, x, grad):
 @pytest.mark.parametrize("arch,img_size", [("seed", 32), ("dcgan", 32), ("dcgan", 64)])
 def test_convert_matches_stock_train_and_eval(arch, img_size, memory_saving):
     """Converted and stock in fp32 against the stock model in float64: the converted
-    model's error at most twice stock's own (GUIDE §4), in train and in eval."""
+    model's error at most twice stock's own (docs/numerics.md), in train and in eval."""
     torch.manual_seed(0)
     generator, discriminator, noise_shape = dcgan_models.build(arch, 16, img_size, 3)
     for model, make_input in ((generator, lambda: torch.randn(4, *noise_shape)),
                               (discriminator, lambda: torch.rand(4, 3, img_size, img_size) * 2 - 1)):
-        fused, report = fusedgan.convert(model, return_report=True, memory_saving=memory_saving)
+        model, shared = copy.deepcopy(model), model  # convert shares parameters and buffers: keep stock apart
+        fused, report = fusedgan.convert(shared, return_report=True, memory_saving=memory_saving)
         reference = copy.deepcopy(model).double()
         assert any(decision == "fused" for _, decision, _ in report)
         assert list(fused.state_dict()) == list(model.state_dict())
@@ -117,3 +118,31 @@ def test_memory_saving_makes_leaky_layers_after_convolutions_inplace():
     assert len(inplace) == 2 and sum("(inplace)" in why for _, _, why in report) == 2
     with pytest.raises(ValueError, match="process_group"):
         fusedgan.convert(discriminator, process_group=object())
+
+
+def test_optimizer_built_before_convert_trains_the_converted_model():
+    """model = convert(model) keeps the Parameter and buffer objects: an optimizer (or EMA)
+    built before the call updates the converted model; the original modules stay stock."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.LeakyReLU(0.2))
+    optimizer = torch.optim.Adam(model.parameters(), 0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    original, running_mean = model, model[1].running_mean
+    model = fusedgan.convert(model)
+    assert isinstance(model[1], fusedgan.FusedBNReLU) and isinstance(original[1], nn.BatchNorm2d)
+    assert [id(p) for p in model.parameters()] == [id(p) for p in original.parameters()]
+    assert model[1].running_mean is running_mean
+    model(torch.randn(4, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))  # every parameter moved
+    assert not torch.equal(running_mean, torch.zeros(4))  # the shared buffer was updated
+
+
+def test_unfused_norms_followed_by_activations_are_reported():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3),
+                          nn.GroupNorm(2, 4), nn.LeakyReLU(0.2), nn.Flatten(), nn.LayerNorm(4), nn.ReLU())
+    _, report = fusedgan.convert(model, return_report=True)
+    reasons = {name: why for name, decision, why in report if decision == "left alone"}
+    assert reasons["1"] == "InstanceNorm2d + ReLU: not supported yet"
+    assert reasons["4"] == "GroupNorm + LeakyReLU: not supported yet"
+    assert reasons["7"] == "LayerNorm + ReLU: not supported yet"

@@ -63,6 +63,25 @@ def test_opcheck(namespace, device, dtype, channels_last, training):
     torch.library.opcheck(ops.bn_act_backward, (dy, x, w, b, mean, var, training, 1e-5, 1, 0.0))
 
 
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_opcheck_entry_op(device, dtype, channels_last, training):
+    """The eager entry op (checks, forward, running statistics, C++ autograd) as one op:
+    its schema (the buffers it mutates), its autograd registration and its fake. It is
+    eager-only (under torch.compile the layers trace the Python path, whose ops are checked
+    above, AOT dispatch included), so opcheck's AOT-dispatch test is not run on it."""
+    x, w, b, mean, var = _bn_args(device, dtype, channels_last, training)
+    count = torch.tensor(3, device=device)
+    for momentum, tracked in ((0.1, None), (None, count)):
+        args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), mean.clone(), var.clone(), tracked,
+                training, momentum, 1e-5, 2, 0.2)
+        torch.library.opcheck(torch.ops.fusedgan.batch_norm_act, args,
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
 @pytest.mark.parametrize("namespace,device", OP_SETS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

@@ -2,6 +2,7 @@
 a tensor of more than 2^31 elements, a whole DCGAN training step captured in a CUDA
 graph, and compute-sanitizer's memcheck and racecheck over the CUDA kernels."""
 
+import copy
 import os
 import shutil
 import subprocess
@@ -73,7 +74,7 @@ def test_dcgan_training_step_in_a_cuda_graph(backend):
     G, D, noise_shape = dcgan_models.build("dcgan", 100, 32, 3)
     models = {}
     for name in ("graph", "eager"):
-        g, d = fusedgan.convert(G, backend=backend).cuda(), fusedgan.convert(D, backend=backend).cuda()
+        g, d = (fusedgan.convert(copy.deepcopy(m), backend=backend).cuda() for m in (G, D))  # own parameters
         opts = [torch.optim.Adam(m.parameters(), 2e-4, betas=(0.5, 0.999), capturable=True) for m in (g, d)]
         models[name] = (g, d, *opts)
     data = [(torch.rand(16, 3, 32, 32, device="cuda") * 2 - 1, torch.randn(16, *noise_shape, device="cuda"))

@@ -3,7 +3,7 @@
 Against stock BatchNorm + LeakyReLU / identity in float64, as in test_batch_norm_act.py,
 with one channel's weight exactly 0 and one negative, on every backend.
 
-Tolerances: fp32 1e-5 as everywhere (GUIDE §4). For fp16/bf16, dx and the output are
+Tolerances: fp32 1e-5 as everywhere (docs/numerics.md). For fp16/bf16, dx and the output are
 held to twice stock's own error; dweight is not, and that is this mode's known cost: it
 is a sum of dz * xhat with xhat recovered from the output, which is rounded to the
 input's dtype, so each xhat carries a relative error of up to the unit roundoff u times

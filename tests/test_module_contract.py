@@ -28,7 +28,7 @@ def test_autocast_gives_stock_dtypes_and_values(device_backend, dtype):
     device, backend = device_backend
     torch.manual_seed(0)
     stock = _stock_model().to(device)
-    fused = fusedgan.convert(stock, backend=backend)
+    fused = fusedgan.convert(copy.deepcopy(stock), backend=backend)  # its own parameters and statistics
     x = torch.randn(4, 3, 10, 10, device=device)
     outputs = {}
     for name, model in (("stock", stock), ("fused", fused)):

@@ -4,7 +4,7 @@ momentum, eps, slopes and modes, every usable backend against stock.
 Each drawn case runs two training steps and one eval step through every backend and
 through stock BatchNorm{1,2,3}d + activation (float64 for the reference; the input's
 dtype for stock's own error) and holds the results to test_batch_norm_act.py's rules:
-fp32 within 1e-5 of float64 (GUIDE §4), fp64 within 1e-12, fp16/bf16 within twice
+fp32 within 1e-5 of float64 (docs/numerics.md), fp64 within 1e-12, fp16/bf16 within twice
 stock's own error or one rounding to the dtype, with reductions and differences measured
 against the size of their terms. 300 cases for BatchNorm and 100 for Conv2d+LeakyReLU
 (FUSEDGAN_HYPOTHESIS_EXAMPLES sets the first, a third of it the second:
@@ -192,7 +192,7 @@ def test_conv_leaky_relu_against_stock(case):
         if case["bias"]:
             checks.append(("grad bias", layer.bias.grad, stock[0].bias.grad, magnitude.bias.grad))
         for what, actual, expected, terms in checks:
-            # TF32 is off (the fixture below), so fp32 is held to GUIDE §4's 1e-5.
+            # TF32 is off (the fixture below), so fp32 is held to the 1e-5 of docs/numerics.md.
             assert rel_err(actual, expected, terms) < 1e-5, f"{backend}: {what}"
 
 

@@ -28,6 +28,7 @@
 
 #include "../bn_act_math.h"
 #include "../op_checks.h"
+#include "helpers.h"
 #include "layout.h"
 
 #if defined(__AVX__)
@@ -279,11 +280,6 @@ void apply_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t
 // Forward
 // ---------------------------------------------------------------------------------------
 
-std::vector<double> to_vector(const Tensor& t) {
-  const Tensor c = t.to(at::kDouble).contiguous();
-  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
-
 // Rows layout: a group of channels at a time (rows_group_size), statistics (one read of
 // x) then output while the group's slice is still in cache, so x comes from memory once
 // (2N bytes). Training fills mean/var (biased); eval reads them.
@@ -295,7 +291,7 @@ void forward_rows(const Layout& L, const std::vector<double>& w, const std::vect
   const scalar_t* x = L.t.data_ptr<scalar_t>();
   const int64_t N = L.N, C = L.C, S = L.S, k = rows_group_size(N, C, S, sizeof(scalar_t), 1);
   const bool stream = L.t.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes;
-  at::parallel_for(0, (C + k - 1) / k, 1, [&, slope, x, y](int64_t g0, int64_t g1) {
+  at::parallel_for(0, (C + k - 1) / k, grain(k * N * S), [&, slope, x, y](int64_t g0, int64_t g1) {
     std::vector<double> count(k), channel_mean(k), channel_m2(k);
     std::vector<opmath_t> mean(k), scale(k), bias(k);
     for (int64_t g = g0; g < g1; ++g) {
@@ -339,7 +335,7 @@ void forward_channels(const Layout& L, const std::vector<double>& w, const std::
   if (training) {
     const int64_t blocks = std::min(kRowBlocks, R);
     std::vector<double> block_mean(blocks * C, 0.0), block_m2(blocks * C, 0.0);
-    at::parallel_for(0, blocks, 1, [&, x](int64_t b0, int64_t b1) {
+    at::parallel_for(0, blocks, grain(R / blocks * C), [&, x](int64_t b0, int64_t b1) {
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t r0 = blk * R / blocks, r1 = (blk + 1) * R / blocks;
         double* mean = &block_mean[blk * C];
@@ -366,7 +362,7 @@ void forward_channels(const Layout& L, const std::vector<double>& w, const std::
   std::vector<opmath_t> mean(C), scale(C), bias(C);
   for (int64_t c = 0; c < C; ++c)
     mean[c] = mean_v[c], scale[c] = w[c] / std::sqrt(var_v[c] + eps), bias[c] = b[c];
-  at::parallel_for(0, R, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)), [&, slope, x, y](int64_t r0, int64_t r1) {
+  at::parallel_for(0, R, grain(C), [&, slope, x, y](int64_t r0, int64_t r1) {
     apply_rows<scalar_t, opmath_t, act>(x, y, r0, r1, C, mean.data(), scale.data(), bias.data(), slope);
   });
 }
@@ -396,7 +392,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& x_in, const 
       });
     });
   }
-  return {y, at::tensor(mean, at::kDouble).to(stats_options), at::tensor(var, at::kDouble).to(stats_options)};
+  return {y, from_vector(mean, stats_options), from_vector(var, stats_options)};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -441,7 +437,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
         const bool stream = L.t.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes;
         const auto grad_run = training ? grad_input_run<scalar_t, opmath_t, A, true>
                                        : grad_input_run<scalar_t, opmath_t, A, false>;
-        at::parallel_for(0, (C + k - 1) / k, 1, [&, x, dy, out](int64_t g0, int64_t g1) {
+        at::parallel_for(0, (C + k - 1) / k, grain(k * N * S), [&, x, dy, out](int64_t g0, int64_t g1) {
           opmath_t x_buf[kChunk], dy_buf[kChunk];
           std::vector<LaneSum<opmath_t>> sum_dz(k), sum_dz_xmu(k);
           std::vector<ChannelGrad<opmath_t>> e(k);
@@ -484,7 +480,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
         const auto e = element(c);
         mean[c] = e.mean, invstd[c] = e.invstd, scale[c] = e.scale, bias[c] = e.bias;
       }
-      at::parallel_for(0, blocks, 1, [&, x, dy, slope](int64_t b0, int64_t b1) {
+      at::parallel_for(0, blocks, grain(R / blocks * C), [&, x, dy, slope](int64_t b0, int64_t b1) {
         std::vector<opmath_t> acc_dz(C), acc_dzx(C);
         for (int64_t blk = b0; blk < b1; ++blk) {
           // opmath partials over at most R / 64 rows, then double across blocks.
@@ -502,15 +498,14 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
         const auto e = element(c);
         mean_dz[c] = e.mean_dz, mean_dzx[c] = e.mean_dz_xhat;
       }
-      at::parallel_for(0, R, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)),
+      at::parallel_for(0, R, grain(C),
                        [&, x, dy, out, slope](int64_t r0, int64_t r1) {
         grad_input_rows<scalar_t, opmath_t, A>(x, dy, out, r0, r1, C, mean.data(), invstd.data(), scale.data(),
                                                bias.data(), mean_dz.data(), mean_dzx.data(), slope, training);
       });
     });
   });
-  const auto as_param = [&](const std::vector<double>& v) { return at::tensor(v, at::kDouble).to(weight.options()); };
-  return {dx, as_param(dweight), as_param(dbias)};
+  return {dx, from_vector(dweight, weight.options()), from_vector(dbias, bias.options())};
 }
 
 }  // namespace

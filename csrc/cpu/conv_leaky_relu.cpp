@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../bn_act_math.h"
+#include "helpers.h"
 #include "layout.h"
 
 namespace fusedgan {
@@ -20,15 +21,14 @@ Tensor conv_leaky_relu_forward_cpu(const Tensor& x, const Tensor& weight, const 
   const Tensor z = at::convolution(x, weight, std::nullopt, stride, padding, dilation, false, {0, 0}, groups);
   const Layout L = layout_of(z);
   Tensor y = L.t;  // the convolution's own output, updated in place
-  const Tensor b_t = bias.has_value() ? bias->to(at::kDouble).contiguous() : at::zeros({L.C}, at::kDouble);
-  const double* bp = b_t.data_ptr<double>();
+  const std::vector<double> b = bias.has_value() ? to_vector(*bias) : std::vector<double>(L.C, 0.0);
+  const double* bp = b.data();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "conv_leaky_relu_forward_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     scalar_t* __restrict__ p = y.data_ptr<scalar_t>();
     const opmath_t slope = static_cast<opmath_t>(slope_d);
     const int64_t C = L.C, S = L.S, rows = L.channels_fast ? L.N * L.S : L.N * L.C, len = L.channels_fast ? C : S;
-    at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(len, 1)), [&, p, slope](int64_t r0,
-                                                                                                   int64_t r1) {
+    at::parallel_for(0, rows, grain(len), [&, p, slope](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         if (L.channels_fast) {
           for (int64_t c = 0; c < C; ++c)
@@ -64,7 +64,7 @@ std::tuple<Tensor, Tensor> leaky_relu_grad_bias_cpu(const Tensor& dy_in, const T
       return activation_grad<opmath_t>(opmath_t(dyv), opmath_t(yv), slope, kLeakyRelu);
     };
     if (!L.channels_fast) {
-      at::parallel_for(0, C, 1, [&, y, dy, out](int64_t c0, int64_t c1) {
+      at::parallel_for(0, C, grain(N * S), [&, y, dy, out](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           double sum = 0;
           for (int64_t i = 0; i < N; ++i) {
@@ -84,7 +84,7 @@ std::tuple<Tensor, Tensor> leaky_relu_grad_bias_cpu(const Tensor& dy_in, const T
     }
     const int64_t blocks = std::min(kRowBlocks, std::max<int64_t>(R, 1));
     std::vector<double> partial(blocks * C, 0.0);
-    at::parallel_for(0, blocks, 1, [&, y, dy, out](int64_t b0, int64_t b1) {
+    at::parallel_for(0, blocks, grain(R / blocks * C), [&, y, dy, out](int64_t b0, int64_t b1) {
       for (int64_t blk = b0; blk < b1; ++blk) {
         double* acc = &partial[blk * C];
         for (int64_t r = blk * R / blocks; r < (blk + 1) * R / blocks; ++r)
@@ -99,7 +99,7 @@ std::tuple<Tensor, Tensor> leaky_relu_grad_bias_cpu(const Tensor& dy_in, const T
       for (int64_t c = 0; c < C; ++c) db[c] += partial[blk * C + c];
   });
   const auto acc_dtype = y_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  Tensor db_t = has_bias ? at::tensor(db, at::kDouble).to(acc_dtype) : at::empty({0}, y_in.options().dtype(acc_dtype));
+  Tensor db_t = from_vector(has_bias ? db : std::vector<double>(), y_in.options().dtype(acc_dtype));
   return {dz, db_t};
 }
 
