@@ -6,17 +6,17 @@
 Per op, shape, mode and dtype: each provider's median time, achieved GB/s (the minimal
 bytes of docs/performance.md over the time), the fraction of the copy roofline measured on the same
 device in the same run, and the speed-up over stock eager and over torch.compile. The PNG
-plots the speed-up over stock eager by shape and provider, a panel per op, mode and dtype.
+is one heat map of the speed-up over stock eager: a row per op and shape, a column per
+provider, mode and dtype/layout, the number in each cell.
 """
 
 import argparse
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-
-COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
 def load(paths):
@@ -71,35 +71,47 @@ def text(info, cases):
     return "\n".join(out)
 
 
+def _color(speedup):
+    """Red below 1x, white at 1x, green above, saturating at 4x either way (log scale)."""
+    t = max(-1.0, min(1.0, math.log(speedup, 4))) if speedup > 0 else -1.0
+    full = (46, 160, 67) if t > 0 else (214, 39, 40)
+    return tuple(round(255 + (c - 255) * abs(t)) for c in full)
+
+
 def plot(cases, path):
-    """One PNG, a panel per (op, mode, dtype): speed-up over stock eager by shape and provider."""
-    groups = defaultdict(dict)
+    """One heat map: a row per (op, shape), a column per (provider, mode, dtype/layout), each
+    cell the provider's speed-up over stock eager, written in the cell and coloured by it."""
+    rows_, columns = set(), set()
+    cells = {}
     for (op, shape, mode, dtype), providers in cases.items():
         eager = providers.get("stock", {}).get("median")
-        if eager:
-            groups[(op, mode, dtype)][shape] = {p: eager / r["median"] for p, r in providers.items() if p != "stock"}
-    panel_height, left = 200, 50
-    width = 120 + 130 * max([len(s) for s in groups.values()] + [1])
-    picture = Image.new("RGB", (width, panel_height * max(len(groups), 1)), "white")
+        if not eager:
+            continue
+        for provider, r in providers.items():
+            if provider != "stock":
+                rows_.add((op, shape))
+                columns.add((provider, mode, dtype))
+                cells[(op, shape), (provider, mode, dtype)] = eager / r["median"]
+    rows_, columns = sorted(rows_), sorted(columns)
+    parts = max([len(dtype.split("/")) for _, _, dtype in columns] + [1])
+    cell_w, cell_h, label_w, header_h = 64, 20, 230, 22 + 11 * (2 + parts)
+    picture = Image.new("RGB", (label_w + cell_w * max(len(columns), 1) + 10,
+                                header_h + cell_h * max(len(rows_), 1) + 30), "white")
     draw = ImageDraw.Draw(picture)
-    for k, ((op, mode, dtype), shapes) in enumerate(sorted(groups.items())):
-        top, bottom = k * panel_height + 35, k * panel_height + panel_height - 40
-        providers = sorted({p for s in shapes.values() for p in s})
-        top_value = max([v for s in shapes.values() for v in s.values()] + [1.0]) * 1.1
-        y_of = lambda v, top=top, bottom=bottom, t=top_value: bottom - (bottom - top) * v / t  # noqa: E731
-        draw.text((left, top - 30), f"{op} {mode} {dtype}: speed-up over stock eager", fill="black")
-        draw.line((left, y_of(1.0), width - 10, y_of(1.0)), fill=(150, 150, 150))
-        draw.text((5, y_of(1.0) - 6), "1.0x", fill="black")
-        bar = 100 // max(len(providers), 1)
-        for i, (shape, speedups) in enumerate(sorted(shapes.items())):
-            x0 = left + 10 + 130 * i
-            for j, provider in enumerate(providers):
-                if provider in speedups:
-                    x = x0 + j * bar
-                    draw.rectangle((x, y_of(speedups[provider]), x + bar - 2, bottom), fill=COLORS[j % len(COLORS)])
-            draw.text((x0, bottom + 5), shape, fill="black")
-        for j, provider in enumerate(providers):
-            draw.text((left + 330 + 110 * j, top - 30), provider, fill=COLORS[j % len(COLORS)])
+    draw.text((5, 5), "speed-up over stock eager (median time); green faster, red slower", fill="black")
+    for j, (provider, mode, dtype) in enumerate(columns):
+        x = label_w + j * cell_w
+        for k, line in enumerate((provider, mode, *dtype.split("/"))):
+            draw.text((x + 2, 18 + 11 * k), line[:11], fill="black")
+    for i, (op, shape) in enumerate(rows_):
+        y = header_h + i * cell_h
+        draw.text((5, y + 5), f"{op} {shape}"[:38], fill="black")
+        for j, column in enumerate(columns):
+            x = label_w + j * cell_w
+            value = cells.get(((op, shape), column))
+            draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), fill=_color(value) if value else (235, 235, 235))
+            if value:
+                draw.text((x + 12, y + 5), f"{value:.2f}x", fill="black")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
     return path

@@ -4,6 +4,7 @@ import math
 import numbers
 
 import torch
+import torch.nn.functional as F
 
 from fusedgan import _extension
 from fusedgan._activation import IDENTITY, LEAKY_RELU, RELU, activation_code
@@ -133,6 +134,13 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     # An empty batch takes the reference path (the kernels launch over rows): as stock, an
     # empty output and unchanged running statistics.
     name = "torch" if input.numel() == 0 else resolve_backend(backend, input.device)
+    if name == "torch" and input.numel() and not (sync or inplace or torch.is_tensor(momentum)):
+        # The reference backend's layer is the stock composition itself: stock's per-call cost,
+        # stock's autograd (second order included) and stock's running-statistics update.
+        if weight is not None and bias is not None and weight.dtype != bias.dtype:
+            raise TypeError(f"weight and bias must have one dtype, got {weight.dtype} and {bias.dtype}")
+        z = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        return F.relu(z) if act == RELU else F.leaky_relu(z, negative_slope) if act == LEAKY_RELU else z
     slope = 1.0 if act == IDENTITY else float(negative_slope)
     param_dtype = running_mean.dtype if running_mean is not None else input.dtype
     if weight is None:
