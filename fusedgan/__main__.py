@@ -1,13 +1,34 @@
-"""`python -m fusedgan`: versions, and each backend with whether it is usable and why not."""
+"""`python -m fusedgan`: versions, and each backend with whether it is usable and why not.
 
+`python -m fusedgan --require cuda,triton` also exits with status 1 unless each named
+backend runs on this machine's GPU and (for cuda) every fusedgan op has a CUDA kernel.
+"""
+
+import argparse
 import platform
+import sys
 
 import torch
 
 import fusedgan
 
 
+def require(backends):
+    """The reasons the named backends cannot run on CUDA tensors here (empty: all can)."""
+    from fusedgan import _extension
+    from fusedgan._backends import why_unusable
+
+    problems = [f"{name}: {why}" for name in backends if (why := why_unusable(name, "cuda"))]
+    if "cuda" in backends and _extension._load_error is None:
+        problems += [f"fusedgan::{op} has no CUDA kernel" for op in _extension._OPS
+                     if not _extension._has_kernel(op, "CUDA")]
+    return problems
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--require", metavar="BACKENDS", help="comma-separated backends that must run on the GPU")
+    args = parser.parse_args()
     try:
         import triton
 
@@ -23,7 +44,12 @@ def main():
     print("backends:")
     for name, why in fusedgan.backend_status().items():
         print(f"  {name:7s} {'usable' if why is None else 'unusable: ' + why}")
+    if args.require:
+        problems = require(args.require.split(","))
+        print("\n".join(f"FAIL required: {p}" for p in problems) or f"PASS required backends: {args.require}")
+        return 1 if problems else 0
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
