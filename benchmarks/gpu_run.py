@@ -44,8 +44,8 @@ def _pytest(*args):
 
 
 # The benchmark suites (file, seconds of the benchmarks step each may take).
-BENCH_SUITES = [("test_bench_bn_act.py", 30), ("test_bench_conv.py", 20), ("test_bench_overhead.py", 15),
-                ("test_bench_dcgan.py", 20)]
+BENCH_SUITES = [("test_bench_bn_act.py", 25), ("test_bench_conv.py", 15), ("test_bench_overhead.py", 12),
+                ("test_bench_dcgan.py", 18)]
 GPU_TEST_FILES = ["tests/test_batch_norm_act.py", "tests/test_conv_leaky_relu.py", "tests/test_second_order.py",
                   "tests/test_extension.py", "tests/test_module_contract.py", "tests/test_compile.py",
                   "tests/test_properties.py"]
@@ -67,7 +67,7 @@ def device_arch():
 def steps(out):
     bench = [s for s, _ in BENCH_SUITES]
     return [
-        Step("build", 100, [PYTHON, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation", "-q",
+        Step("build", 90, [PYTHON, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation", "-q",
                             "-e", str(ROOT)],
              "compile fusedgan._C for this GPU's arch only", fatal=True,
              env={"FUSEDGAN_BUILD_CUDA": "1", "TORCH_CUDA_ARCH_LIST": device_arch()}),
@@ -77,10 +77,10 @@ def steps(out):
              "each GPU backend against stock on the DCGAN layer shapes"),
         Step("gpu-tests", 75, _pytest("tests/test_gpu.py", "-k", "not sanitizer"),
              "> 2^31 elements, big grids, fp64, CUDA graphs, two devices", tests=["tests/test_gpu.py"]),
-        Step("sanitizers", 50, _pytest("tests/test_gpu.py", "-k", "sanitizer"),
+        Step("sanitizers", 80, _pytest("tests/test_gpu.py", "-k", "sanitizer"),
              "compute-sanitizer over small launches of every kernel",
              tests=["tests/test_gpu.py::test_compute_sanitizer"]),
-        Step("equivalence", 40, _pytest(*GPU_TEST_FILES, "-k", "cuda"),
+        Step("equivalence", 35, _pytest(*GPU_TEST_FILES, "-k", "cuda"),
              "the GPU selection of the equivalence and property tests",
              env={"FUSEDGAN_HYPOTHESIS_EXAMPLES": "20"}, tests=GPU_TEST_FILES),
         Step("benchmarks", sum(b for _, b in BENCH_SUITES),

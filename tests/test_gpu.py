@@ -1,6 +1,6 @@
 """GPU-only checks, skipped without CUDA (benchmarks/run_gpu.sh runs them on the device):
 a tensor of more than 2^31 elements, a whole DCGAN training step captured in a CUDA
-graph, and compute-sanitizer's memcheck and racecheck over the CUDA kernels."""
+graph, and compute-sanitizer's four tools over the kernels of both GPU backends."""
 
 import copy
 import os
@@ -113,11 +113,18 @@ def _sanitizer():
 
 
 @pytest.mark.skipif(_sanitizer() is None, reason="compute-sanitizer not found")
-@pytest.mark.skipif(why_unusable("cuda", "cuda") is not None, reason=f"cuda backend: {why_unusable('cuda', 'cuda')}")
-@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
-def test_compute_sanitizer(tool):
+def test_compute_sanitizer():
+    """memcheck (out-of-bounds and misaligned accesses), racecheck (shared-memory hazards),
+    initcheck (reads of memory never written) and synccheck (barrier misuse) over small
+    launches of every kernel of both GPU backends. The caching allocator is off, so memcheck
+    sees each allocation's own bounds. The four tools run side by side (one GPU is enough)."""
     script = Path(__file__).with_name("_sanitize_kernels.py")
-    run = subprocess.run([_sanitizer(), "--tool", tool, "--error-exitcode", "3", sys.executable, str(script)],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "ERROR SUMMARY: 0 errors" in run.stdout + run.stderr
+    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
+    runs = {tool: subprocess.Popen([_sanitizer(), "--tool", tool, "--error-exitcode", "3", sys.executable,
+                                    str(script), *GPU_BACKENDS], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+            for tool in ("memcheck", "racecheck", "initcheck", "synccheck")}
+    for tool, run in runs.items():
+        output, _ = run.communicate(timeout=300)
+        assert run.returncode == 0 and "ERROR SUMMARY: 0 errors" in output, f"{tool}:\n{output[-4000:]}"
+        assert f"ran every kernel of {' '.join(GPU_BACKENDS)}" in output, f"{tool}:\n{output[-2000:]}"
