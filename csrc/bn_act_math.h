@@ -47,6 +47,13 @@ FUSEDGAN_HD T grad_input(T dz, T xhat, T scale, T mean_dz, T mean_dz_xhat, bool 
   return (training ? dz - mean_dz - xhat * mean_dz_xhat : dz) * scale;
 }
 
+// GroupNorm's dx from dz = dL/dz: rstd * (weight * dz - mean_wdz - xhat * mean_wdz_xhat),
+// the two means taken over the (sample, group) of weight * dz and weight * dz * xhat.
+template <typename T>
+FUSEDGAN_HD T group_grad_input(T dz, T xhat, T weight, T rstd, T mean_wdz, T mean_wdz_xhat) {
+  return (weight * dz - mean_wdz - xhat * mean_wdz_xhat) * rstd;
+}
+
 // Chan et al.: merge the statistics (n_b, mean_b, m2_b) of one part into (n, mean, m2).
 template <typename T>
 FUSEDGAN_HD void welford_merge(T& n, T& mean, T& m2, T n_b, T mean_b, T m2_b) {

@@ -43,4 +43,13 @@ TORCH_LIBRARY(fusedgan, m) {
   // (dz, dbias): dz = dy * (y > 0 ? 1 : slope) from the saved output, and dbias = sum of dz
   // per channel in the same pass (dbias is empty when has_bias is false).
   m.def("leaky_relu_grad_bias(Tensor dy, Tensor y, float slope, bool has_bias) -> (Tensor, Tensor)");
+  // y = act(group_norm(x, groups)) (InstanceNorm: groups = C). Returns (y, mean, var): the mean
+  // and biased variance of each (sample, group), shape (N, groups), fp32 (fp64 for fp64 x).
+  m.def(
+      "gn_act_forward(Tensor x, Tensor weight, Tensor bias, int groups, float eps, int act, float slope) "
+      "-> (Tensor, Tensor, Tensor)");
+  // (dx, dweight, dbias) of the above, from the statistics forward returned.
+  m.def(
+      "gn_act_backward(Tensor dy, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor var, int groups, "
+      "float eps, int act, float slope) -> (Tensor, Tensor, Tensor)");
 }

@@ -64,4 +64,10 @@ inline void check_bn_act_backward(const at::Tensor& dy, const at::Tensor& x) {
   TORCH_CHECK(dy.sizes() == x.sizes(), "fusedgan::bn_act_backward: grad and input shapes differ");
 }
 
+inline void check_gn_act(const at::Tensor& x, int64_t groups) {
+  TORCH_CHECK(x.dim() >= 2, "fusedgan::gn_act: input must be (N, C, *), got ", x.dim(), "D");
+  TORCH_CHECK(groups >= 1 && x.size(1) % groups == 0, "fusedgan::gn_act: groups (", groups,
+              ") must divide the channels (", x.size(1), ")");
+}
+
 }  // namespace fusedgan

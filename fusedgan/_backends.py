@@ -13,6 +13,8 @@ import os
 
 import torch
 
+from fusedgan._ops import FAMILIES, LAYERS
+
 BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
 ENV_VAR = "FUSEDGAN_BACKEND"
 
@@ -50,14 +52,17 @@ def _extension():
     return _extension
 
 
-def why_unusable(backend, device_type):
-    """None if `backend` can run on tensors of `device_type`, else the reason and the fix."""
+def why_unusable(backend, device_type, family="bn_act"):
+    """None if `backend` can run the layers of op `family` (fusedgan._ops) on tensors of
+    `device_type`, else the reason and the fix."""
     if backend == "torch":
         return None
     if backend == "triton":
-        _, why = _import_triton_backend()
+        module, why = _import_triton_backend()
         if why:
             return why
+        if not all(hasattr(module, op) for op in FAMILIES[family]):
+            return f"fusedgan has no Triton kernels for {LAYERS[family]} yet"
         if device_type == "cuda" and not torch.cuda.is_available():
             return "no CUDA GPU is available to this process"
         if device_type == "cpu" and not _triton_interpreted():
@@ -71,22 +76,22 @@ def why_unusable(backend, device_type):
             return f"the {backend!r} backend runs on {backend} tensors, not {device_type} tensors"
         if backend == "cuda" and not torch.cuda.is_available():
             return "no CUDA GPU is available to this process"
-        return _extension().why_unusable(backend)
+        return _extension().why_unusable(backend, family)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 @functools.cache
-def _resolve(backend, device_type):
-    # Cached, FUSEDGAN_BACKEND included: it is read when a (backend, device) pair is first
+def _resolve(backend, device_type, family):
+    # Cached, FUSEDGAN_BACKEND included: it is read when a (backend, device, family) is first
     # resolved (reading the environment costs microseconds a call, against stock's ~20 per layer).
     override = os.environ.get(ENV_VAR, "")
     if backend == "auto" and override:
         backend = check_backend_name(override) if override != "auto" else "auto"
     if backend == "auto":
         for candidate in _AUTO_ORDER.get(device_type, ("torch",)):
-            if why_unusable(candidate, device_type) is None:
+            if why_unusable(candidate, device_type, family) is None:
                 return candidate
-    why = why_unusable(backend, device_type)
+    why = why_unusable(backend, device_type, family)
     if why is not None:
         source = f" (from {ENV_VAR})" if override and backend == override else ""
         raise BackendUnavailableError(
@@ -95,9 +100,9 @@ def _resolve(backend, device_type):
 
 
 @torch.compiler.assume_constant_result  # under torch.compile: run once while tracing, its name baked in
-def resolve_backend(backend, device):
-    """The name of the backend that runs for `backend` on `device` (a torch.device)."""
-    return _resolve(backend, device.type)
+def resolve_backend(backend, device, family="bn_act"):
+    """The name of the backend that runs the layers of op `family` for `backend` on `device`."""
+    return _resolve(backend, device.type, family)
 
 
 def backend_module(name):
@@ -112,12 +117,12 @@ def backend_module(name):
     return _extension().ops(name)
 
 
-def backend_status():
-    """{backend: None if usable on some device of this process, else why not}."""
+def backend_status(family="bn_act"):
+    """{backend: None if usable for op `family` on some device of this process, else why not}."""
     status = {}
     for name in BACKENDS[1:]:
         devices = ("cuda", "cpu") if name == "triton" else ((name,) if name in ("cpu", "cuda") else ("cpu",))
-        reasons = [why_unusable(name, device) for device in devices]
+        reasons = [why_unusable(name, device, family) for device in devices]
         status[name] = None if None in reasons else "; ".join(dict.fromkeys(reasons))
     return status
 

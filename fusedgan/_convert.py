@@ -15,8 +15,11 @@ running statistics) unless inplace=True, which converts the given model itself. 
 after the model's own weight initialisation: initialisers that find layers by class name
 (e.g. `classname.find("BatchNorm")`) do not recognise the fused classes.
 
-Normalisation layers followed by an activation that have no fused form yet (InstanceNorm,
-GroupNorm, LayerNorm) are listed in the report as left alone, with the reason.
+InstanceNorm{1,2,3}d and GroupNorm followed by nn.ReLU / nn.LeakyReLU become
+FusedInstanceNorm{ReLU,LeakyReLU} (with the stock class's spatial_dims) and
+FusedGroupNorm{ReLU,LeakyReLU}. Normalisation layers followed by an activation that have no
+fused form yet (LayerNorm, the lazy forms) are listed in the report as left alone, with the
+reason.
 
 sync_batchnorm=True makes every fused BatchNorm synchronize its statistics across the
 ranks of process_group (the fused form of nn.SyncBatchNorm.convert_sync_batchnorm), and
@@ -35,7 +38,16 @@ import logging
 from torch import nn
 
 from fusedgan._backends import check_backend_name
-from fusedgan.modules import FusedBatchNorm, FusedBNLeakyReLU, FusedBNReLU, FusedConvLeakyReLU
+from fusedgan.modules import (
+    FusedBatchNorm,
+    FusedBNLeakyReLU,
+    FusedBNReLU,
+    FusedConvLeakyReLU,
+    FusedGroupNormLeakyReLU,
+    FusedGroupNormReLU,
+    FusedInstanceNormLeakyReLU,
+    FusedInstanceNormReLU,
+)
 
 __all__ = ["convert"]
 
@@ -43,7 +55,9 @@ logger = logging.getLogger("fusedgan.convert")
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
-_UNFUSED_NORMS = (nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)  # no fused form yet
+_INSTANCE_NORMS = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}  # and their spatial dims
+_FUSABLE = (*_BATCH_NORMS, *_INSTANCE_NORMS, nn.GroupNorm, nn.Conv2d)
+_UNFUSED_NORMS = (nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)  # the others: no fused form yet
 
 
 def _slope(activation):
@@ -82,9 +96,21 @@ def _fuse_pair(layer, activation, backend, sync=False, process_group=None, inpla
                                      layer.track_running_stats, backend=backend,
                                      inplace=inplace and _slope(activation) > 0 and not sync_args["sync"], **sync_args)
         return _take_state(fused, layer), None
+    if layer._forward_hooks or layer._forward_pre_hooks or activation._forward_hooks:
+        return None, "has forward hooks, which fusing would bypass"
+    leaky = not isinstance(activation, nn.ReLU)
+    if type(layer) in _INSTANCE_NORMS:
+        args = (layer.num_features, *((_slope(activation),) if leaky else ()), layer.eps, layer.momentum,
+                layer.affine, layer.track_running_stats)
+        cls = FusedInstanceNormLeakyReLU if leaky else FusedInstanceNormReLU
+        return _take_state(cls(*args, device="meta", backend=backend, spatial_dims=_INSTANCE_NORMS[type(layer)]),
+                           layer), None
+    if type(layer) is nn.GroupNorm:
+        args = (layer.num_groups, layer.num_channels, *((_slope(activation),) if leaky else ()), layer.eps,
+                layer.affine)
+        cls = FusedGroupNormLeakyReLU if leaky else FusedGroupNormReLU
+        return _take_state(cls(*args, device="meta", backend=backend), layer), None
     if type(layer) is nn.Conv2d:
-        if layer._forward_hooks or layer._forward_pre_hooks or activation._forward_hooks:
-            return None, "has forward hooks, which fusing would bypass"
         if _slope(activation) < 0:
             return None, "LeakyReLU with a negative slope (the fused backward reads the mask off the output)"
         fused = FusedConvLeakyReLU(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
@@ -121,11 +147,10 @@ def convert(module, *, backend="auto", inplace=False, return_report=False, sync_
         for index, (name, next_name) in enumerate(zip(names, names[1:])):
             layer, activation = container._modules[name], container._modules[next_name]
             qualified = f"{prefix}.{name}" if prefix else name
-            if isinstance(layer, _UNFUSED_NORMS) and isinstance(activation, _ACTIVATIONS):
-                report.append((qualified, "left alone", f"{type(layer).__name__} + {type(activation).__name__}: "
-                                                        "not supported yet"))
-                continue
-            if not (type(layer) in _BATCH_NORMS or type(layer) is nn.Conv2d):
+            if type(layer) not in _FUSABLE:
+                if isinstance(layer, _UNFUSED_NORMS) and isinstance(activation, _ACTIVATIONS):
+                    report.append((qualified, "left alone", f"{type(layer).__name__} + {type(activation).__name__}: "
+                                                            "not supported yet"))
                 continue
             if not isinstance(activation, _ACTIVATIONS):
                 report.append((qualified, "left alone", f"followed by {type(activation).__name__}, "
@@ -142,11 +167,13 @@ def convert(module, *, backend="auto", inplace=False, return_report=False, sync_
             mode = " (inplace)" if getattr(fused, "inplace", False) else ""
             report.append((qualified, "fused", f"{type(layer).__name__} + {type(activation).__name__} -> "
                                               f"{type(fused).__name__}{mode}"))
-    fused_types = (FusedBatchNorm, FusedBNReLU, FusedBNLeakyReLU, FusedConvLeakyReLU)
+    fused_types = (FusedBatchNorm, FusedBNReLU, FusedBNLeakyReLU, FusedConvLeakyReLU, FusedGroupNormReLU,
+                   FusedGroupNormLeakyReLU, FusedInstanceNormReLU, FusedInstanceNormLeakyReLU)
     for name, child in list(model.named_modules()):
         if sync_batchnorm and isinstance(child, fused_types[:3]) and not child.sync:  # fused before: sync it now
             child.sync, child.process_group = True, process_group
-        if not isinstance(child, (nn.modules.batchnorm._BatchNorm, nn.Conv2d)) or isinstance(child, fused_types):
+        if not isinstance(child, (nn.modules.batchnorm._BatchNorm, nn.Conv2d, *_UNFUSED_NORMS)) or \
+                isinstance(child, fused_types):
             continue
         if sync_batchnorm and type(child) in _BATCH_NORMS[:3] and not child._forward_hooks \
                 and not child._forward_pre_hooks:
@@ -157,7 +184,7 @@ def convert(module, *, backend="auto", inplace=False, return_report=False, sync_
             report = [r for r in report if r[0] != name]
             report.append((name, "fused", f"{type(child).__name__} -> FusedBatchNorm (sync_batchnorm=True)"))
         elif not any(r[0] == name for r in report):
-            supported = type(child) in _BATCH_NORMS or type(child) is nn.Conv2d
+            supported = type(child) in _FUSABLE
             why = "not followed by an activation inside an nn.Sequential" if supported else \
                 f"{type(child).__name__} has no fused form"
             report.append((name, "left alone", why))

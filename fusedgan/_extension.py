@@ -13,8 +13,9 @@ import warnings
 import torch
 
 from fusedgan import _fake
+from fusedgan._ops import FAMILIES, LAYERS, OPS
 
-_OPS = ("bn_act_forward", "bn_act_backward", "conv_leaky_relu_forward", "leaky_relu_grad_bias")
+_OPS = OPS
 _FIX = ("reinstall fusedgan against the torch you run: pip install --no-build-isolation -e . "
         "(see README, 'Install')")
 
@@ -34,20 +35,23 @@ def _has_kernel(op, dispatch_key):
 
 # Read once at import: why_unusable then stays plain Python, which torch.compile traces
 # without a graph break.
-_HAS_KERNELS = {key: _load_error is None and all(_has_kernel(op, key) for op in _OPS) for key in ("CPU", "CUDA")}
+_HAS_KERNELS = {(family, key): _load_error is None and all(_has_kernel(op, key) for op in ops)
+                for family, ops in FAMILIES.items() for key in ("CPU", "CUDA")}
 _CPU_LACKS_AVX2 = torch.backends.cpu.get_cpu_capability() == "DEFAULT"
 
 
-def why_unusable(backend):
+def why_unusable(backend, family="bn_act"):
     if _load_error is not None:
         return f"{_load_error}; to fix, {_FIX}"
     if backend == "cpu" and _CPU_LACKS_AVX2:
         return "the C++ CPU kernels are built for x86-64 with AVX2/FMA, which this processor lacks"
     key = "CUDA" if backend == "cuda" else "CPU"
-    if not _HAS_KERNELS[key]:
+    if _HAS_KERNELS[(family, key)]:
+        return None
+    if key == "CUDA" and not any(v for (_, k), v in _HAS_KERNELS.items() if k == "CUDA"):
         return (f"fusedgan._C was built without {backend} kernels; rebuild with FUSEDGAN_BUILD_CUDA=1 "
                 "and nvcc on PATH (or CUDA_HOME set)")
-    return None
+    return f"fusedgan._C has no {backend} kernels for {LAYERS[family]} yet"
 
 
 _ENTRY_OPS = ("batch_norm_act", "conv2d_leaky_relu")

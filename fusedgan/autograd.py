@@ -125,6 +125,34 @@ class InPlaceBatchNormActFunction(torch.autograd.Function):
                 sum_dz.to(bias.dtype) if need[2] else None, None, None, None, None, None, None, None)
 
 
+class GroupNormActFunction(torch.autograd.Function):
+    """y = act(group_norm(x, groups)), statistics per (sample, group); InstanceNorm is
+    groups = C. Saved for backward: the input, the parameters and the (N, groups)
+    statistics, never the pre-activation. Under create_graph=True the backward is the
+    reference formula in differentiable torch ops. Arguments: (x, weight, bias, groups, eps,
+    act, slope, backend) with weight and bias (C,) tensors; returns (y, mean, var)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, eps, act, slope, backend):
+        ops = backend_module(backend)
+        y, mean, var = ops.gn_act_forward(x, weight, bias, groups, eps, act, slope)
+        ctx.save_for_backward(x, weight, bias, mean, var)
+        ctx.config = (groups, eps, act, slope, ops)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        x, weight, bias, mean, var = ctx.saved_tensors
+        groups, eps, act, slope, ops = ctx.config
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
+            ops = reference
+        dx, dweight, dbias = ops.gn_act_backward(dy, x, weight, bias, mean, var, groups, eps, act, slope)
+        need = ctx.needs_input_grad
+        return (dx if need[0] else None, dweight if need[1] else None, dbias if need[2] else None,
+                None, None, None, None, None)
+
+
 class Conv2dLeakyReLUFunction(torch.autograd.Function):
     """y = leaky_relu(conv2d(x, weight, bias), slope), slope >= 0 (0 is ReLU).
 

@@ -9,10 +9,15 @@ import torch.nn.functional as F
 from fusedgan import _extension
 from fusedgan._activation import IDENTITY, LEAKY_RELU, RELU, activation_code
 from fusedgan._backends import check_backend_name, resolve_backend
-from fusedgan.autograd import BatchNormActFunction, Conv2dLeakyReLUFunction, InPlaceBatchNormActFunction
+from fusedgan.autograd import (
+    BatchNormActFunction,
+    Conv2dLeakyReLUFunction,
+    GroupNormActFunction,
+    InPlaceBatchNormActFunction,
+)
 from fusedgan.distributed import SyncBatchNormActFunction, sync_group_size
 
-__all__ = ["batch_norm_act", "conv2d_leaky_relu"]
+__all__ = ["batch_norm_act", "conv2d_leaky_relu", "group_norm_act", "instance_norm_act"]
 
 _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -162,6 +167,88 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     if training and running_mean is not None and (sync or count > 0):
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return output
+
+
+def _stock_activation(z, act, negative_slope):
+    return F.relu(z) if act == RELU else F.leaky_relu(z, negative_slope) if act == LEAKY_RELU else z
+
+
+def _group_norm_act(input, groups, weight, bias, eps, act, negative_slope, backend):
+    """(y, mean, var) of act(group_norm(input)) on the backend that runs it; the arguments
+    already checked."""
+    C = input.shape[1]
+    name = "torch" if input.numel() == 0 else resolve_backend(backend, input.device, "gn_act")
+    dtype = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
+    weight = torch.ones(C, device=input.device, dtype=dtype) if weight is None else weight
+    bias = torch.zeros(C, device=input.device, dtype=weight.dtype) if bias is None else bias
+    if weight.dtype != bias.dtype:
+        raise TypeError(f"weight and bias must have one dtype, got {weight.dtype} and {bias.dtype}")
+    slope = 1.0 if act == IDENTITY else float(negative_slope)
+    return GroupNormActFunction.apply(input, weight, bias, groups, float(eps), act, slope, name)
+
+
+def group_norm_act(input, num_groups, weight=None, bias=None, eps=1e-5, activation="relu", negative_slope=0.01, *,
+                   backend="auto"):
+    """act(group_norm(input, num_groups, weight, bias, eps)) in one fused op; the arguments
+    of torch.nn.functional.group_norm. Statistics per (sample, group of C / num_groups
+    channels); activation is "relu", "leaky_relu" (with negative_slope) or "identity"."""
+    _check_input(input)
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or \
+            input.shape[1] % num_groups:
+        raise ValueError(f"num_groups must be a positive int dividing the channels of input {tuple(input.shape)}, "
+                         f"got {num_groups!r}")
+    for tensor, name in ((weight, "weight"), (bias, "bias")):
+        _check_channel_tensor(tensor, name, input)
+    act = activation_code(activation)
+    _check_scalar(eps, "eps", minimum=0)
+    _check_scalar(negative_slope, "negative_slope")
+    check_backend_name(backend)
+    if input.numel() and resolve_backend(backend, input.device, "gn_act") == "torch":
+        # The reference backend's layer is the stock composition itself, as for BatchNorm.
+        return _stock_activation(F.group_norm(input, num_groups, weight, bias, eps), act, negative_slope)
+    return _group_norm_act(input, num_groups, weight, bias, eps, act, negative_slope, backend)[0]
+
+
+def instance_norm_act(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                      momentum=0.1, eps=1e-5, activation="relu", negative_slope=0.01, *, backend="auto"):
+    """act(instance_norm(input, ...)) in one fused op; the arguments of
+    torch.nn.functional.instance_norm. With use_input_stats each (sample, channel) is
+    normalised by its own statistics (GroupNorm with one channel a group) and the running
+    statistics, if given, move towards their average over the batch, as stock's do;
+    otherwise the running statistics normalise (the BatchNorm eval kernels)."""
+    _check_input(input)
+    if input.dim() < 3:
+        raise ValueError(f"input must have shape (N, C, *) with at least one spatial dimension, got {input.dim()}D "
+                         f"input of shape {tuple(input.shape)}")
+    for tensor, name in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"),
+                         (bias, "bias")):
+        _check_channel_tensor(tensor, name, input)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    if not use_input_stats:
+        if running_mean is None:
+            raise ValueError("running_mean and running_var are required when use_input_stats=False")
+        return batch_norm_act(input, running_mean, running_var, weight, bias, False, momentum, eps, activation,
+                              negative_slope, backend=backend)
+    act = activation_code(activation)
+    _check_scalar(eps, "eps", minimum=0)
+    _check_scalar(negative_slope, "negative_slope")
+    if not isinstance(momentum, torch.Tensor):
+        _check_scalar(momentum, "momentum")
+    check_backend_name(backend)
+    S = math.prod(input.shape[2:])
+    if S == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
+    if input.numel() and resolve_backend(backend, input.device, "gn_act") == "torch" and \
+            not isinstance(momentum, torch.Tensor):
+        return _stock_activation(F.instance_norm(input, running_mean, running_var, weight, bias, True, momentum, eps),
+                                 act, negative_slope)
+    y, mean, var = _group_norm_act(input, input.shape[1], weight, bias, eps, act, negative_slope, backend)
+    if running_mean is not None and input.numel():
+        # Stock averages the instances' updates: the running value moves towards the batch
+        # average of the instances' means and unbiased variances.
+        _update_running_stats(running_mean, running_var, mean.mean(0), var.mean(0), S, momentum)
+    return y
 
 
 def _pair(value, name):

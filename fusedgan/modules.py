@@ -1,14 +1,17 @@
 """Drop-in nn.Modules: the parameters, buffers and state_dict keys of the stock layers."""
 
+import warnings
+
 import torch.nn.functional as F
 from torch import nn
 
 from fusedgan import _extension
 from fusedgan._activation import activation_code
 from fusedgan._backends import check_backend_name
-from fusedgan.functional import _uses_entry_op, batch_norm_act, conv2d_leaky_relu
+from fusedgan.functional import _uses_entry_op, batch_norm_act, conv2d_leaky_relu, group_norm_act, instance_norm_act
 
-__all__ = ["FusedBatchNorm", "FusedBNReLU", "FusedBNLeakyReLU", "FusedConvLeakyReLU"]
+__all__ = ["FusedBatchNorm", "FusedBNReLU", "FusedBNLeakyReLU", "FusedConvLeakyReLU", "FusedGroupNormReLU",
+           "FusedGroupNormLeakyReLU", "FusedInstanceNormReLU", "FusedInstanceNormLeakyReLU"]
 
 
 class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
@@ -112,6 +115,125 @@ class FusedBNLeakyReLU(_FusedBatchNormAct):
             raise ValueError(f"inplace=True inverts the activation: it needs negative_slope > 0, got {negative_slope}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, backend=backend,
                          sync=sync, process_group=process_group, inplace=inplace)
+        self.negative_slope = negative_slope
+
+    def _negative_slope(self):
+        return self.negative_slope
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
+
+
+class _FusedGroupNormAct(nn.GroupNorm):
+    """nn.GroupNorm followed by an activation: the same weight, bias and state_dict keys, and
+    an isinstance of nn.GroupNorm."""
+
+    activation = "relu"
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *, backend="auto"):
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype)
+        self.backend = check_backend_name(backend)
+
+    def _negative_slope(self):
+        return 0.0
+
+    def forward(self, input):
+        return group_norm_act(input, self.num_groups, self.weight, self.bias, self.eps, self.activation,
+                              self._negative_slope(), backend=self.backend)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, backend={self.backend!r}"
+
+
+class FusedGroupNormReLU(_FusedGroupNormAct):
+    """Drop-in for nn.Sequential(nn.GroupNorm(G, C), nn.ReLU())."""
+
+
+class FusedGroupNormLeakyReLU(_FusedGroupNormAct):
+    """Drop-in for nn.Sequential(nn.GroupNorm(G, C), nn.LeakyReLU(negative_slope))."""
+
+    activation = "leaky_relu"
+
+    def __init__(self, num_groups, num_channels, negative_slope=0.01, eps=1e-5, affine=True, device=None,
+                 dtype=None, *, backend="auto"):
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype, backend=backend)
+        self.negative_slope = negative_slope
+
+    def _negative_slope(self):
+        return self.negative_slope
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
+
+
+class _FusedInstanceNormAct(nn.modules.instancenorm._InstanceNorm):
+    """nn.InstanceNorm{1,2,3}d followed by an activation: the same parameters, buffers and
+    state_dict keys (affine and track_running_stats both off by default, as stock), and an
+    isinstance of nn.modules.instancenorm._InstanceNorm.
+
+    Takes batched inputs (N, C, *) of rank 3 to 5. spatial_dims=1, 2 or 3 makes it the
+    fused form of InstanceNorm1d/2d/3d exactly, unbatched inputs (C, *) included
+    (fusedgan.convert sets it).
+    """
+
+    activation = "relu"
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False, device=None,
+                 dtype=None, *, backend="auto", spatial_dims=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        if spatial_dims not in (None, 1, 2, 3):
+            raise ValueError(f"spatial_dims must be None, 1, 2 or 3, got {spatial_dims!r}")
+        self.backend = check_backend_name(backend)
+        self.spatial_dims = spatial_dims
+
+    def _negative_slope(self):
+        return 0.0
+
+    def _get_no_batch_dim(self):
+        return self.spatial_dims + 1
+
+    def _check_input_dim(self, input):
+        if self.spatial_dims is not None and input.dim() not in (self.spatial_dims + 1, self.spatial_dims + 2):
+            raise ValueError(f"expected {self.spatial_dims + 1}D or {self.spatial_dims + 2}D input "
+                             f"(got {input.dim()}D input)")
+
+    def forward(self, input):
+        if self.spatial_dims is not None:
+            return super().forward(input)  # stock's handling of unbatched inputs, then _apply_instance_norm
+        if input.dim() not in (3, 4, 5):
+            raise ValueError(f"expected 3D to 5D input (N, C, *), got {input.dim()}D input")
+        if input.shape[1] != self.num_features:  # as stock: an error with affine parameters, else a warning
+            message = f"expected input's size at dim=1 to match num_features ({self.num_features}), " \
+                      f"but got: {input.shape[1]}."
+            if self.affine:
+                raise ValueError(message)
+            warnings.warn(f"{message} Its affine parameters are off, so num_features is not used.", stacklevel=2)
+        return self._apply_instance_norm(input)
+
+    def _apply_instance_norm(self, input):
+        return instance_norm_act(input, self.running_mean, self.running_var, self.weight, self.bias,
+                                 self.training or not self.track_running_stats,
+                                 self.momentum if self.momentum is not None else 0.0, self.eps, self.activation,
+                                 self._negative_slope(), backend=self.backend)
+
+    def extra_repr(self):
+        dims = "" if self.spatial_dims is None else f", spatial_dims={self.spatial_dims}"
+        return f"{super().extra_repr()}, backend={self.backend!r}{dims}"
+
+
+class FusedInstanceNormReLU(_FusedInstanceNormAct):
+    """Drop-in for nn.Sequential(nn.InstanceNorm2d(C), nn.ReLU()) (and the 1d/3d forms)."""
+
+
+class FusedInstanceNormLeakyReLU(_FusedInstanceNormAct):
+    """Drop-in for nn.Sequential(nn.InstanceNorm2d(C), nn.LeakyReLU(negative_slope))."""
+
+    activation = "leaky_relu"
+
+    def __init__(self, num_features, negative_slope=0.01, eps=1e-5, momentum=0.1, affine=False,
+                 track_running_stats=False, device=None, dtype=None, *, backend="auto", spatial_dims=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, backend=backend,
+                         spatial_dims=spatial_dims)
         self.negative_slope = negative_slope
 
     def _negative_slope(self):

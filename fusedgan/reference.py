@@ -84,6 +84,47 @@ def bn_act_backward(dy, x, weight, bias, mean, var, training, eps, act, slope):
     return dx.to(x.dtype), sum_dz_xhat.to(weight.dtype), sum_dz.to(bias.dtype)
 
 
+def _group_stats(xf, groups):
+    """Mean and biased variance of each (sample, group): (N, groups) each (two passes)."""
+    grouped = xf.reshape(xf.shape[0], groups, -1)
+    mean = grouped.mean(-1)
+    return mean, (grouped - mean[..., None]).square().mean(-1)
+
+
+def _per_channel(t, x, groups):
+    """(N, groups) values spread to (N, C, 1, ...): each channel gets its group's value."""
+    return t.repeat_interleave(x.shape[1] // groups, dim=1).view(x.shape[:2] + (1,) * (x.dim() - 2))
+
+
+def gn_act_forward(x, weight, bias, groups, eps, act, slope):
+    """y = act(group_norm(x)) with per-(sample, group) statistics; returns (y, mean, var),
+    mean and biased variance of shape (N, groups). weight and bias are (C,) tensors."""
+    xf = x.to(_acc_dtype(x))
+    mean, var = _group_stats(xf, groups)
+    xhat = (xf - _per_channel(mean, xf, groups)) * _per_channel(torch.rsqrt(var + eps), xf, groups)
+    z = xhat * weight.to(xf.dtype).view(_channel_shape(x)) + bias.to(xf.dtype).view(_channel_shape(x))
+    return activation(z, act, slope).to(x.dtype), mean, var
+
+
+def gn_act_backward(dy, x, weight, bias, mean, var, groups, eps, act, slope):
+    """(dx, dweight, dbias); differentiable in every input (the statistics are recomputed
+    from x), so second-order gradients are exact."""
+    xf = x.to(_acc_dtype(x))
+    shape = _channel_shape(x)
+    mean, var = _group_stats(xf, groups)
+    rstd = _per_channel(torch.rsqrt(var + eps), xf, groups)
+    xhat = (xf - _per_channel(mean, xf, groups)) * rstd
+    w = weight.to(xf.dtype).view(shape)
+    dz = activation_grad(dy.to(xf.dtype), xhat * w + bias.to(xf.dtype).view(shape), act, slope)
+    dims = _reduce_dims(x)
+    dweight, dbias = (dz * xhat).sum(dims), dz.sum(dims)
+    # dx = rstd * (w dz - mean over the group of w dz - xhat * mean over the group of w dz xhat)
+    wdz = dz * w
+    grouped = lambda t: _per_channel(t.reshape(t.shape[0], groups, -1).mean(-1), t, groups)  # noqa: E731
+    dx = rstd * (wdz - grouped(wdz) - xhat * grouped(wdz * xhat))
+    return dx.to(x.dtype), dweight.to(weight.dtype), dbias.to(bias.dtype)
+
+
 def conv_leaky_relu_forward(x, weight, bias, stride, padding, dilation, groups, slope):
     z = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return torch.where(z > 0, z, z * slope)

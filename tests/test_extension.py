@@ -12,11 +12,11 @@ from _helpers import DEVICES
 
 from fusedgan import _extension
 from fusedgan._backends import why_unusable
+from fusedgan._ops import OPS
 
 needs_extension = pytest.mark.skipif(_extension._load_error is not None,
                                      reason=f"fusedgan._C is not built here: {_extension._load_error}")
 
-OPS = ("bn_act_forward", "bn_act_backward", "conv_leaky_relu_forward", "leaky_relu_grad_bias")
 # (op namespace, device): the C++ ops on every device; the Triton custom ops where Triton runs.
 OP_SETS = [pytest.param("fusedgan", d, marks=needs_extension, id=f"cpp-{d}") for d in DEVICES] + \
     [pytest.param("fusedgan_triton", d, id=f"triton-{d}") for d in DEVICES if why_unusable("triton", d) is None]
@@ -61,6 +61,25 @@ def test_opcheck(namespace, device, dtype, channels_last, training):
     torch.library.opcheck(ops.bn_act_forward, (x, w, b, fwd_mean, fwd_var, training, 1e-5, 2, 0.2))
     dy = torch.randn_like(x)
     torch.library.opcheck(ops.bn_act_backward, (dy, x, w, b, mean, var, training, 1e-5, 1, 0.0))
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "nc", "ncl"])
+def test_opcheck_group_norm(device, dtype, layout):
+    shape = {"nchw": (3, 6, 5, 4), "nhwc": (3, 6, 5, 4), "nc": (4, 6), "ncl": (3, 6, 7)}[layout]
+    x = torch.randn(shape, device=device, dtype=dtype)
+    if layout == "nhwc":
+        x = x.to(memory_format=torch.channels_last)
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    w = torch.rand(6, device=device, dtype=param_dtype) + 0.5
+    b = torch.randn(6, device=device, dtype=param_dtype)
+    for groups in (1, 3, 6):
+        y, mean, var = torch.ops.fusedgan.gn_act_forward(x, w, b, groups, 1e-5, 2, 0.2)
+        torch.library.opcheck(torch.ops.fusedgan.gn_act_forward, (x, w, b, groups, 1e-5, 2, 0.2))
+        torch.library.opcheck(torch.ops.fusedgan.gn_act_backward,
+                              (torch.randn_like(x), x, w, b, mean, var, groups, 1e-5, 1, 0.0))
 
 
 @needs_extension

@@ -30,6 +30,7 @@
 #include "../op_checks.h"
 #include "helpers.h"
 #include "layout.h"
+#include "norm_loops.h"
 
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -39,100 +40,6 @@ namespace fusedgan {
 namespace {
 
 using at::Tensor;
-
-constexpr int64_t kChunk = 256;  // elements converted/summed at a time (on the stack)
-
-// The backward's sums over many short runs: at::vec lanes accumulate across runs (no
-// reduction per run, which would dominate when H*W is small) and are flushed into a double
-// every kFlush elements, so each fp32 lane adds at most kFlush / lanes terms.
-template <typename opmath_t>
-struct LaneSum {
-  using Vec = at::vec::Vectorized<opmath_t>;
-  static constexpr int64_t kFlush = 1024;
-  Vec acc = Vec(opmath_t(0));
-  opmath_t tail = 0;
-  double total = 0;
-  int64_t pending = 0;
-
-  void counted(int64_t len) {
-    pending += len;
-    if (pending >= kFlush) flush();
-  }
-  void flush() {
-    total += static_cast<double>(at::vec::vec_reduce_all<opmath_t>([](Vec& a, Vec& b) { return a + b; }, acc)) +
-             static_cast<double>(tail);
-    acc = Vec(opmath_t(0));
-    tail = 0;
-    pending = 0;
-  }
-  double result() {
-    flush();
-    return total;
-  }
-};
-
-// Exact two-pass statistics of the len <= kChunk values at p: their mean, then the sum of
-// their squared deviations, read again from L1. Chunks merge into a channel's statistics
-// with welford_merge, so x is read from memory once for the statistics.
-template <typename opmath_t>
-void chunk_stats(const opmath_t* p, int64_t len, opmath_t& mean, opmath_t& m2) {
-  using Vec = at::vec::Vectorized<opmath_t>;
-  const auto add = [](Vec& a, Vec& b) { return a + b; };
-  Vec acc(opmath_t(0));
-  opmath_t tail = 0;
-  int64_t i = 0;
-  for (; i + Vec::size() <= len; i += Vec::size()) acc = acc + Vec::loadu(p + i);
-  for (; i < len; ++i) tail += p[i];
-  mean = (at::vec::vec_reduce_all<opmath_t>(add, acc) + tail) / opmath_t(len);
-  const Vec center(mean);
-  acc = Vec(opmath_t(0));
-  tail = 0;
-  for (i = 0; i + Vec::size() <= len; i += Vec::size()) {
-    const Vec d = Vec::loadu(p + i) - center;
-    acc = at::vec::fmadd(d, d, acc);
-  }
-  for (; i < len; ++i) tail += (p[i] - mean) * (p[i] - mean);
-  m2 = at::vec::vec_reduce_all<opmath_t>(add, acc) + tail;
-}
-
-// Adds one run's dz and dz * (x - mean) to two lane sums, straight from registers (no
-// buffer in between: stores to a buffer next to the loads stalled this loop).
-template <typename opmath_t, int act>
-void add_grad_terms(const opmath_t* x, const opmath_t* dy, int64_t len, opmath_t mean, opmath_t scale,
-                    opmath_t bias, opmath_t slope, LaneSum<opmath_t>& sum_dz, LaneSum<opmath_t>& sum_dzx) {
-  using Vec = at::vec::Vectorized<opmath_t>;
-  const Vec vmean(mean), vscale(scale), vbias(bias), zero(opmath_t(0)), vslope(slope);
-  int64_t i = 0;
-  for (; i + Vec::size() <= len; i += Vec::size()) {
-    const Vec xv = Vec::loadu(x + i), dy_v = Vec::loadu(dy + i);
-    Vec dz = dy_v;
-    if constexpr (act != kIdentity) {
-      const Vec z = at::vec::fmadd(xv - vmean, vscale, vbias);
-      const Vec negative = act == kRelu ? zero : dy_v * vslope;
-      dz = Vec::blendv(negative, dy_v, z > zero);  // torch's masks: dy where z > 0 (NaN: negative side)
-    }
-    sum_dz.acc = sum_dz.acc + dz;
-    sum_dzx.acc = at::vec::fmadd(dz, xv - vmean, sum_dzx.acc);
-  }
-  for (; i < len; ++i) {
-    const opmath_t dz = activation_grad<opmath_t>(dy[i], pre_activation(x[i], mean, scale, bias), slope, act);
-    sum_dz.tail += dz;
-    sum_dzx.tail += dz * (x[i] - mean);
-  }
-  sum_dz.counted(len);
-  sum_dzx.counted(len);
-}
-
-// p's len values as opmath_t: p itself, or converted into buf (len <= kChunk).
-template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
-const opmath_t* as_opmath(const scalar_t* p, int64_t len, opmath_t* buf) {
-  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-    return p;
-  } else {
-    for (int64_t k = 0; k < len; ++k) buf[k] = static_cast<opmath_t>(p[k]);
-    return buf;
-  }
-}
 
 // Channels per group of the rows layout. One channel's runs are S values every C*S: at
 // 64x128x16x16 a 1 KiB run each 128 KiB, and loads that jump like that stall (the hardware
@@ -202,35 +109,7 @@ void for_group_runs(int64_t N, int64_t C, int64_t S, int64_t c0, int64_t c1, F&&
     for (int64_t c = c0; c < c1; ++c) f(c - c0, (i * C + c) * S);
 }
 
-// Calls f(pointer, length) over the len values at p in chunks of at most kChunk opmath
-// values (converted into a stack buffer when scalar_t is not opmath_t).
-template <typename scalar_t, typename F>
-void for_chunks(const scalar_t* p, int64_t len, F&& f) {
-  at::opmath_type<scalar_t> buf[kChunk];
-  for (int64_t s0 = 0; s0 < len; s0 += kChunk) {
-    const int64_t n = std::min(kChunk, len - s0);
-    f(as_opmath(p + s0, n, buf), n);
-  }
-}
-
-// Rows [r0, r1) of the channels layout, as functions with __restrict__ arguments: with
-// fp32 data, the output and the per-channel arrays share a type, and without the promise
-// that they do not overlap the compiler reloads every array each step and stops vectorizing.
-template <typename scalar_t, typename opmath_t, int act>
-void grad_sums_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, int64_t r0, int64_t r1,
-                    int64_t C, const opmath_t* __restrict__ mean, const opmath_t* __restrict__ scale,
-                    const opmath_t* __restrict__ bias, opmath_t slope, opmath_t* __restrict__ acc_dz,
-                    opmath_t* __restrict__ acc_dzx) {
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = 0; c < C; ++c) {
-      const opmath_t xv = x[r * C + c];
-      const opmath_t dz = activation_grad<opmath_t>(dy[r * C + c], pre_activation(xv, mean[c], scale[c], bias[c]),
-                                                    slope, act);
-      acc_dz[c] += dz;
-      acc_dzx[c] += dz * (xv - mean[c]);
-    }
-}
-
+// dx for rows [r0, r1) of the channels layout (see grad_sums_rows in norm_loops.h).
 template <typename scalar_t, typename opmath_t, int act>
 void grad_input_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, scalar_t* __restrict__ out,
                      int64_t r0, int64_t r1, int64_t C, const opmath_t* __restrict__ mean,
@@ -247,16 +126,6 @@ void grad_input_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict_
     }
 }
 
-template <typename scalar_t, typename opmath_t, int act>
-void apply_rows(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t r0, int64_t r1, int64_t C,
-                const opmath_t* __restrict__ mean, const opmath_t* __restrict__ scale,
-                const opmath_t* __restrict__ bias, opmath_t slope) {
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = 0; c < C; ++c)
-      y[r * C + c] =
-          static_cast<scalar_t>(activation(pre_activation<opmath_t>(x[r * C + c], mean[c], scale[c], bias[c]), slope, act));
-}
-
 // One (n, c) run of the rows layout, the same way.
 template <typename scalar_t, typename opmath_t, int act, bool training>
 void grad_input_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, scalar_t* __restrict__ out,
@@ -267,13 +136,6 @@ void grad_input_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__
     const opmath_t dz = activation_grad<opmath_t>(dy[s], pre_activation(xv, mean, scale, bias), slope, act);
     out[s] = static_cast<scalar_t>(grad_input(dz, (xv - mean) * invstd, scale, mean_dz, mean_dzx, training));
   }
-}
-
-template <typename scalar_t, typename opmath_t, int act>
-void apply_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t len, opmath_t mean, opmath_t scale,
-               opmath_t bias, opmath_t slope) {
-  for (int64_t s = 0; s < len; ++s)
-    y[s] = static_cast<scalar_t>(activation(pre_activation<opmath_t>(x[s], mean, scale, bias), slope, act));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -323,8 +185,8 @@ void forward_rows(const Layout& L, const std::vector<double>& w, const std::vect
   });
 }
 
-// Channels layout: fixed row blocks reduce into per-channel partials, merged in block order
-// (Chan), then every row is normalised.
+// Channels layout: per-channel statistics over fixed row blocks (channel_stats_rows), then
+// every row is normalised.
 template <typename scalar_t, int act>
 void forward_channels(const Layout& L, const std::vector<double>& w, const std::vector<double>& b, double eps,
                       bool training, at::opmath_type<scalar_t> slope, std::vector<double>& mean_v,
@@ -333,31 +195,8 @@ void forward_channels(const Layout& L, const std::vector<double>& w, const std::
   const scalar_t* x = L.t.data_ptr<scalar_t>();
   const int64_t C = L.C, R = L.N * L.S;
   if (training) {
-    const int64_t blocks = std::min(kRowBlocks, R);
-    std::vector<double> block_mean(blocks * C, 0.0), block_m2(blocks * C, 0.0);
-    at::parallel_for(0, blocks, grain(R / blocks * C), [&, x](int64_t b0, int64_t b1) {
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        const int64_t r0 = blk * R / blocks, r1 = (blk + 1) * R / blocks;
-        double* mean = &block_mean[blk * C];
-        double* m2 = &block_m2[blk * C];
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c) mean[c] += static_cast<double>(x[r * C + c]);
-        for (int64_t c = 0; c < C; ++c) mean[c] /= double(r1 - r0);
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c) {
-            const double d = static_cast<double>(x[r * C + c]) - mean[c];
-            m2[c] += d * d;
-          }
-      }
-    });
-    for (int64_t c = 0; c < C; ++c) {
-      double n = 0, mean = 0, m2 = 0;
-      for (int64_t blk = 0; blk < blocks; ++blk)
-        welford_merge<double>(n, mean, m2, double((blk + 1) * R / blocks - blk * R / blocks),
-                              block_mean[blk * C + c], block_m2[blk * C + c]);
-      mean_v[c] = mean;
-      var_v[c] = m2 / n;
-    }
+    channel_stats_rows(x, R, C, mean_v.data(), var_v.data());
+    for (int64_t c = 0; c < C; ++c) var_v[c] /= double(R);  // M2 -> biased variance
   }
   std::vector<opmath_t> mean(C), scale(C), bias(C);
   for (int64_t c = 0; c < C; ++c)
@@ -471,28 +310,15 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
         });
         return;
       }
-      // Channels layout: fixed row blocks of per-channel partial sums, added in block order.
+      // Channels layout: per-channel sums over fixed row blocks, added in block order.
       // Per-channel values as separate arrays, so the loops over channels vectorize.
-      const int64_t blocks = std::min(kRowBlocks, R);
-      std::vector<double> block_dz(blocks * C, 0.0), block_dzx(blocks * C, 0.0);
       std::vector<opmath_t> mean(C), invstd(C), scale(C), bias(C), mean_dz(C), mean_dzx(C);
       for (int64_t c = 0; c < C; ++c) {
         const auto e = element(c);
         mean[c] = e.mean, invstd[c] = e.invstd, scale[c] = e.scale, bias[c] = e.bias;
       }
-      at::parallel_for(0, blocks, grain(R / blocks * C), [&, x, dy, slope](int64_t b0, int64_t b1) {
-        std::vector<opmath_t> acc_dz(C), acc_dzx(C);
-        for (int64_t blk = b0; blk < b1; ++blk) {
-          // opmath partials over at most R / 64 rows, then double across blocks.
-          std::fill(acc_dz.begin(), acc_dz.end(), opmath_t(0));
-          std::fill(acc_dzx.begin(), acc_dzx.end(), opmath_t(0));
-          grad_sums_rows<scalar_t, opmath_t, A>(x, dy, blk * R / blocks, (blk + 1) * R / blocks, C, mean.data(),
-                                                scale.data(), bias.data(), slope, acc_dz.data(), acc_dzx.data());
-          for (int64_t c = 0; c < C; ++c) block_dz[blk * C + c] = acc_dz[c], block_dzx[blk * C + c] = acc_dzx[c];
-        }
-      });
-      for (int64_t blk = 0; blk < blocks; ++blk)
-        for (int64_t c = 0; c < C; ++c) dbias[c] += block_dz[blk * C + c], dweight[c] += block_dzx[blk * C + c];
+      channel_grad_sums_rows<scalar_t, opmath_t, A>(x, dy, R, C, mean.data(), scale.data(), bias.data(), slope,
+                                                    dbias.data(), dweight.data());
       for (int64_t c = 0; c < C; ++c) {
         dweight[c] *= invstd[c];
         const auto e = element(c);
