@@ -11,6 +11,7 @@ import sys
 import torch
 
 import fusedgan
+from fusedgan._ops import LAYERS
 
 
 def require(backends):
@@ -44,6 +45,10 @@ def main():
     print("backends:")
     for name, why in fusedgan.backend_status().items():
         print(f"  {name:7s} {'usable' if why is None else 'unusable: ' + why}")
+    print("layers and the backends that run them here:")
+    for family, layer in LAYERS.items():
+        usable = [name for name, why in fusedgan.backend_status(family).items() if why is None]
+        print(f"  {layer:38s} {', '.join(usable)}")
     if args.require:
         problems = require(args.require.split(","))
         print("\n".join(f"FAIL required: {p}" for p in problems) or f"PASS required backends: {args.require}")

@@ -203,6 +203,8 @@ def group_norm_act(input, num_groups, weight=None, bias=None, eps=1e-5, activati
     _check_scalar(eps, "eps", minimum=0)
     _check_scalar(negative_slope, "negative_slope")
     check_backend_name(backend)
+    if input.shape[0] * input.shape[1] // num_groups * math.prod(input.shape[2:]) == 1:  # as stock
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
     if input.numel() and resolve_backend(backend, input.device, "gn_act") == "torch":
         # The reference backend's layer is the stock composition itself, as for BatchNorm.
         return _stock_activation(F.group_norm(input, num_groups, weight, bias, eps), act, negative_slope)

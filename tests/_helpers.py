@@ -8,7 +8,15 @@ from torch import nn
 from fusedgan._backends import why_unusable
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-DEVICE_BACKENDS = [(d, b) for d in DEVICES for b in ("triton", "cuda", "cpu", "torch") if why_unusable(b, d) is None]
+
+
+def device_backends(family="bn_act"):
+    """Every (device, backend) pair that can run the layers of op `family` in this process."""
+    return [(d, b) for d in DEVICES for b in ("triton", "cuda", "cpu", "torch") if why_unusable(b, d, family) is None]
+
+
+DEVICE_BACKENDS = device_backends()
+GN_BACKENDS = device_backends("gn_act")
 
 _STOCK_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 

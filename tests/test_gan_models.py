@@ -14,14 +14,12 @@ import copy
 import pytest
 import torch
 from _gan_models import NLayerDiscriminator, ResnetGenerator, UnetGenerator, group_norm_critic
-from _helpers import DEVICES
+from _helpers import GN_BACKENDS, device_backends
 from torch import nn
 
 import fusedgan
-from fusedgan._backends import why_unusable
 
-BACKENDS = [(d, b) for d in DEVICES for b in ("triton", "cuda", "cpu", "torch")
-            if why_unusable(b, d, "gn_act") is None and why_unusable(b, d, "conv_act") is None]
+BACKENDS = [pair for pair in GN_BACKENDS if pair in device_backends("conv_act")]
 
 
 def _fused_kinds(report):

@@ -15,15 +15,12 @@ import warnings
 
 import pytest
 import torch
-from _helpers import DEVICES, rel_err
+from _helpers import GN_BACKENDS, rel_err
 from torch import nn
 
 import fusedgan
 from fusedgan import functional
-from fusedgan._backends import why_unusable
 
-GN_BACKENDS = [(d, b) for d in DEVICES for b in ("triton", "cuda", "cpu", "torch")
-               if why_unusable(b, d, "gn_act") is None]
 FLOOR = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
 
@@ -178,6 +175,8 @@ def test_bad_arguments_name_the_argument():
         functional.group_norm_act(x.long(), 2)
     with pytest.raises(ValueError, match="activation must be one of"):
         functional.group_norm_act(x, 2, activation="gelu")
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):  # as stock GroupNorm
+        functional.group_norm_act(torch.randn(1, 2), 2)
     with pytest.raises(ValueError, match="running_mean and running_var are required when use_input_stats=False"):
         functional.instance_norm_act(x, use_input_stats=False)
     with pytest.raises(ValueError, match="eps must be >= 0"):

@@ -58,7 +58,23 @@ def test_autocast_leaves_an_fp32_batchnorm_input_in_fp32(device_backend):
 
 def _fused_layers():
     return [fusedgan.FusedBNReLU(4), fusedgan.FusedBNLeakyReLU(4, 0.3), fusedgan.FusedBatchNorm(4),
-            fusedgan.FusedConvLeakyReLU(4, 4, 3, padding=1, negative_slope=0.2)]
+            fusedgan.FusedConvLeakyReLU(4, 4, 3, padding=1, negative_slope=0.2),
+            fusedgan.FusedGroupNormLeakyReLU(2, 4, 0.2),
+            fusedgan.FusedInstanceNormReLU(4, affine=True, track_running_stats=True)]
+
+
+def _stock_like(layer):
+    """The stock layer the fused one replaces, with its state."""
+    if isinstance(layer, nn.Conv2d):
+        stock = nn.Conv2d(4, 4, 3, padding=1)
+    elif isinstance(layer, nn.GroupNorm):
+        stock = nn.GroupNorm(2, 4)
+    elif isinstance(layer, nn.modules.instancenorm._InstanceNorm):
+        stock = nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
+    else:
+        stock = nn.BatchNorm2d(4)
+    stock.load_state_dict(layer.state_dict())
+    return stock
 
 
 def _trained(layer):
@@ -95,8 +111,7 @@ def test_save_load_and_deepcopy_keep_everything(layer):
 @pytest.mark.parametrize("layer", _fused_layers(), ids=lambda m: type(m).__name__)
 def test_dtype_moves_as_stock(layer):
     layer = _trained(layer)
-    stock = (nn.Conv2d(4, 4, 3, padding=1) if isinstance(layer, nn.Conv2d) else nn.BatchNorm2d(4))
-    stock.load_state_dict(layer.state_dict())
+    stock = _stock_like(layer)
     for move in (lambda m: m.double(), lambda m: m.to(torch.float64), lambda m: m.half(), lambda m: m.bfloat16(),
                  lambda m: m.float()):
         ours, theirs = move(copy.deepcopy(layer)), move(copy.deepcopy(stock))

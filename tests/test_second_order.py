@@ -22,7 +22,7 @@ import tempfile
 import pytest
 import torch
 import torch.distributed as dist
-from _helpers import DEVICE_BACKENDS
+from _helpers import DEVICE_BACKENDS, GN_BACKENDS
 from torch import nn
 
 import fusedgan
@@ -50,6 +50,27 @@ def test_gradgradcheck(device_backend, rank, activation, training):
 
     assert torch.autograd.gradcheck(layer, (x, weight, bias))
     assert torch.autograd.gradgradcheck(layer, (x, weight, bias))
+
+
+@pytest.mark.parametrize("device,backend", GN_BACKENDS, ids=[f"{d}-{b}" for d, b in GN_BACKENDS])
+@pytest.mark.parametrize("layer", ["group", "instance", "instance-tracked-eval"])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_gradgradcheck_group_and_instance_norm(device, backend, layer, activation):
+    x = (torch.randn(3, 4, 3, 2, dtype=torch.float64, device=device) * 2 + 0.5).requires_grad_()
+    weight = (torch.rand(4, dtype=torch.float64, device=device) + 0.5).requires_grad_()
+    bias = torch.randn(4, dtype=torch.float64, device=device).requires_grad_()
+    running = (torch.randn(4, dtype=torch.float64, device=device),
+               torch.rand(4, dtype=torch.float64, device=device) + 0.5)
+
+    def norm(x, weight, bias):
+        if layer == "group":
+            return functional.group_norm_act(x, 2, weight, bias, 1e-5, activation, 0.2, backend=backend)
+        eval_mode = layer == "instance-tracked-eval"
+        return functional.instance_norm_act(x, *(running if eval_mode else (None, None)), weight, bias,
+                                            not eval_mode, 0.1, 1e-5, activation, 0.2, backend=backend)
+
+    assert torch.autograd.gradcheck(norm, (x, weight, bias))
+    assert torch.autograd.gradgradcheck(norm, (x, weight, bias))
 
 
 def _critic(norm_after_linear):
