@@ -51,8 +51,8 @@ def why_unusable(backend):
 
 
 if _load_error is None:
-    for _op in _OPS:
-        torch.library.register_fake(f"fusedgan::{_op}")(getattr(_fake, _op))
+    for _op, _fake_op in _fake.fakes("cpp").items():
+        torch.library.register_fake(f"fusedgan::{_op}")(_fake_op)
 
 
 def _leaky_relu_grad_bias(dy, y, slope, has_bias):
