@@ -36,10 +36,11 @@ from fusedgan.triton._tiles import (
     merge_rows,
 )
 
-# What a one-pass program may hold its slice in, by (backward, fp64): elements a thread and
-# warps (512 threads get 128 registers a thread, 256 get 255). Backward holds x and dy, and
-# fp64 takes two registers a value. Every variant compiles without spills (compile_check).
-ONE_PASS_BUDGET = {(False, False): (32, 16), (True, False): (16, 16), (False, True): (8, 8), (True, True): (8, 8)}
+# What a one-pass program may hold its slice in, by backward: elements a thread and warps
+# (512 threads get 128 registers a thread). Backward holds x and dy. fp64 takes the tiled
+# path: its division and square root call a slow-path subroutine, around which a slice held
+# in registers is saved to local memory. Every variant compiles without spills (compile_check).
+ONE_PASS_BUDGET = {False: (32, 16), True: (16, 16)}
 
 
 @triton.jit
@@ -183,10 +184,12 @@ def _bn_act_apply_kernel(
 
 
 @triton.jit
-def _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, R, TRAINING: tl.constexpr):
-    # Training: the batch statistics depend on x, which adds the two mean terms.
+def _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, inv_count, TRAINING: tl.constexpr):
+    # Training: the batch statistics depend on x, which adds the two mean terms. (1 / count
+    # comes from the host: an fp64 division is a subroutine call, around which the tile in
+    # registers would be saved to local memory.)
     if TRAINING:
-        dz = dz - (sum_dz / R)[:, None] - xhat * (sum_dz_xhat / R)[:, None]
+        dz = dz - (sum_dz * inv_count)[:, None] - xhat * (sum_dz_xhat * inv_count)[:, None]
     return dz * scale[:, None]
 
 
@@ -203,7 +206,7 @@ def _bn_act_dz(dy_ptr, x_ptr, n, s, c, mask, stride_dyn, stride_dys, stride_dyc,
 @triton.jit
 def _bn_act_grad_sums_kernel(
     dy_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, dw_ptr, db_ptr, part_ptr,
-    N, S, C, s_tiles, row_tiles, tiles_per_split, n_splits, R,
+    N, S, C, s_tiles, row_tiles, tiles_per_split, n_splits, inv_count: tl.float64,
     stride_dyn, stride_dys, stride_dyc, stride_xn, stride_xs, stride_xc, stride_dxn, stride_dxs, stride_dxc,
     eps: tl.float64, slope: tl.float64,
     ACT: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr, ONE_PASS: tl.constexpr, TRAINING: tl.constexpr,
@@ -229,7 +232,7 @@ def _bn_act_grad_sums_kernel(
         sum_dz_xhat += tl.sum(dz * xhat, axis=1)
         if ONE_PASS:
             # The loop ran once: finish dx from the tile still in registers.
-            dx = _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, R, TRAINING)
+            dx = _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, _scalar(inv_count, ACC), TRAINING)
             _store(dx_ptr + _offsets(n, s, c, stride_dxn, stride_dxs, stride_dxc), dx, mask=mask)
     if ONE_PASS:
         _store(dw_ptr + c, sum_dz_xhat, mask=c_mask)
@@ -243,7 +246,7 @@ def _bn_act_grad_sums_kernel(
 @triton.jit
 def _bn_act_grad_input_kernel(
     dy_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, sums_ptr, dw_ptr, db_ptr,
-    N, S, C, s_tiles, c_blocks, R,
+    N, S, C, s_tiles, c_blocks, inv_count: tl.float64,
     stride_dyn, stride_dys, stride_dyc, stride_xn, stride_xs, stride_xc, stride_dxn, stride_dxs, stride_dxc,
     eps: tl.float64, slope: tl.float64,
     ACT: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr, TRAINING: tl.constexpr,
@@ -260,7 +263,7 @@ def _bn_act_grad_input_kernel(
         _store(db_ptr + c, sum_dz, mask=c_mask)
     dz, xhat = _bn_act_dz(dy_ptr, x_ptr, n, s, c, mask, stride_dyn, stride_dys, stride_dyc,
                           stride_xn, stride_xs, stride_xc, mean, invstd, scale, b, _scalar(slope, ACC), ACT, ACC)
-    dx = _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, R, TRAINING)
+    dx = _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, _scalar(inv_count, ACC), TRAINING)
     _store(dx_ptr + _offsets(n, s, c, stride_dxn, stride_dxs, stride_dxc), dx, mask=mask)
 
 
@@ -272,7 +275,7 @@ def _bn_act_grad_input_kernel(
 def _plan(rows, S, C, strides, backward, acc, device):
     """The reduction plan of a forward or backward launch."""
     return Plan.reduction(rows, S, C, C > 1 and abs(strides[0][2]) == 1, device,
-                          ONE_PASS_BUDGET[backward, acc == tl.float64])
+                          None if acc == tl.float64 else ONE_PASS_BUDGET[backward])
 
 
 def plan_forward(x, weight, bias, mean, var, training, eps, act, slope):
@@ -318,8 +321,8 @@ def plan_backward(dy, x, weight, bias, mean, var, training, eps, act, slope):
     plan = _plan(rows, S, C, strides, True, acc, x.device)
     weight, bias, mean, var = (t.contiguous() for t in (weight, bias, mean, var))
     dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
-    (xs, dys, dxs), R = strides, rows * S
-    scalars = (R, *dys, *xs, *dxs, float(eps), float(slope))
+    xs, dys, dxs = strides
+    scalars = (1.0 / max(rows * S, 1), *dys, *xs, *dxs, float(eps), float(slope))
     part = dweight if plan.one_pass else torch.empty((2, plan.n_splits, C), device=x.device, dtype=acc_torch)
     bound = plan.bound(strides, part.numel())
     launches = [Launch(_bn_act_grad_sums_kernel, (plan.c_blocks, plan.n_splits),
