@@ -152,7 +152,7 @@ def _bn_stats_merge_kernel(part_ptr, mean_ptr, var_ptr, C, n_splits, ACC: tl.con
         count = total
         part += C
     _store(mean_ptr + c, mean, mask=c_mask)
-    _store(var_ptr + c, m2 / count, mask=c_mask)
+    _store(var_ptr + c, m2 / tl.maximum(count, 1.0), mask=c_mask)  # (masked channels: count 0)
 
 
 @triton.jit
