@@ -54,11 +54,9 @@ def why_unusable(backend, family="bn_act"):
     return f"fusedgan._C has no {backend} kernels for {LAYERS[family]} yet"
 
 
-_ENTRY_OPS = ("batch_norm_act", "conv2d_leaky_relu")
-
 if _load_error is None:
-    for _op in _OPS + _ENTRY_OPS:
-        torch.library.register_fake(f"fusedgan::{_op}")(getattr(_fake, _op))
+    for _op, _fake_op in _fake.fakes("cpp").items():
+        torch.library.register_fake(f"fusedgan::{_op}")(_fake_op)
 
 
 def _leaky_relu_grad_bias(dy, y, slope, has_bias):

@@ -2,6 +2,8 @@
 
 import math
 
+import torch
+
 
 def channel_view(t):
     """Return (t, (N, C, S), (stride_n, stride_s, stride_c)).
@@ -26,3 +28,10 @@ def _merged_stride(sizes, strides):
         if outer != inner * size:
             return None
     return dims[-1][1] if dims else 1
+
+
+def conv_output_format(x):
+    """The Triton convolution's output layout: channels_last when the input is (and is not
+    also contiguous, as a 1x1 image is), else contiguous."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format

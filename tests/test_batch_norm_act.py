@@ -20,7 +20,7 @@ import copy
 
 import pytest
 import torch
-from _helpers import as_stock_copy, randomize_affine, rel_err, stock_bn_act
+from _helpers import as_stock_copy, random_input, randomize_affine, rel_err, stock_bn_act
 
 import fusedgan
 from fusedgan import FusedBNLeakyReLU, FusedBNReLU
@@ -163,10 +163,15 @@ def test_matches_stock_fp32(device_backend, shape, activation, slope):
 
 
 def test_tiled_path_is_taken_by_the_large_shape():
-    plan = triton_bn._Plan(3 * 90 * 80, 2, (2 * 90 * 80, 1, 90 * 80), torch.device("cpu"))
-    assert not plan.one_pass and plan.n_splits > 1
-    plan = triton_bn._Plan(4 * 25, 3, (75, 1, 25), torch.device("cpu"))
-    assert plan.one_pass
+    for backward in (False, True):
+        _, launches = (triton_bn.plan_backward if backward else triton_bn.plan_forward)(
+            *([torch.empty(3, 2, 90, 80, device="meta")] * (1 + backward)),
+            *[torch.empty(2, device="meta")] * 4, True, 1e-5, 1, 0.0)
+        assert not launches[0].constexprs["ONE_PASS"] and launches[0].grid[1] > 1
+        _, launches = (triton_bn.plan_backward if backward else triton_bn.plan_forward)(
+            *([torch.empty(4, 3, 5, 5, device="meta")] * (1 + backward)),
+            *[torch.empty(3, device="meta")] * 4, True, 1e-5, 1, 0.0)
+        assert launches[0].constexprs["ONE_PASS"] and len(launches) == 1
 
 
 @pytest.mark.parametrize("shape", [(4, 6, 5, 7), (3, 2, 90, 80), (2, 3, 4, 5, 3)], ids=str)
@@ -195,6 +200,42 @@ def test_non_contiguous_views(device_backend, view):
         return view_of_x
 
     assert_matches_fp64(fused, stock, (4, 5, 6, 7), device, make_input=make_input)
+
+
+def _every_other(values, gap=1e3):
+    """values as a stride-2 view: every other element of a longer tensor, the others `gap`."""
+    base = torch.full((2 * values.numel(),), gap, dtype=values.dtype, device=values.device)
+    base[::2] = values
+    return base[::2]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_strided_parameters_and_buffers(device_backend, channels_last):
+    """weight, bias, running_mean and running_var as stride-2 views, read by their strides
+    (the Triton kernels used to index them as if contiguous: errors of 2 to 4)."""
+    device, backend = device_backend
+    C = 5
+    x = random_input((4, C, 6, 7), torch.float32, device, channels_last)
+    w_base = _every_other(torch.rand(C, device=device) + 0.5)._base.requires_grad_()
+    b_base = _every_other(torch.randn(C, device=device))._base.requires_grad_()
+    running = [_every_other(torch.randn(C, device=device)), _every_other(torch.rand(C, device=device) + 0.5)]
+    running_ref = [r.double().clone() for r in running]
+    w_ref, b_ref = (t.detach()[::2].double().requires_grad_() for t in (w_base, b_base))
+    for training in (True, False):
+        x_test, x_ref = x.clone().requires_grad_(), x.double().requires_grad_()
+        y = fusedgan.functional.batch_norm_act(x_test, *running, w_base[::2], b_base[::2], training, 0.1, 1e-5,
+                                               "leaky_relu", 0.2, backend=backend)
+        y_ref = torch.nn.functional.leaky_relu(torch.nn.functional.batch_norm(
+            x_ref, *running_ref, w_ref, b_ref, training, 0.1, 1e-5), 0.2)
+        grad = torch.randn_like(y_ref)
+        y.backward(grad.float())
+        y_ref.backward(grad)
+        for actual, expected in [(y, y_ref), (x_test.grad, x_ref.grad), (w_base.grad[::2], w_ref.grad),
+                                 (b_base.grad[::2], b_ref.grad), *zip(running, running_ref)]:
+            assert rel_err(actual, expected) < FP32_TOL
+        assert torch.equal(w_base.grad[1::2], torch.zeros(C, device=device))
+        for t in (w_base, b_base, w_ref, b_ref):
+            t.grad = None
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -123,6 +123,25 @@ def test_groups_and_padding_modes(device_backend, variant):
         assert rel_err(actual, expected) < fp32_tolerance(device), what
 
 
+def test_strided_weight_and_bias(device_backend):
+    """The bias as a stride-2 view and the weight as a slice along the output channels,
+    read by their strides (the Triton kernel used to index the bias as if contiguous)."""
+    device, backend = device_backend
+    w_base = torch.randn(12, 4, 3, 3, device=device, requires_grad=True)
+    b_base = torch.randn(12, device=device, requires_grad=True)
+    x = torch.randn(2, 4, 9, 8, device=device)
+    x_test, x_ref = x.clone().requires_grad_(), x.double().requires_grad_()
+    w_ref, b_ref = w_base.detach()[::2].double().requires_grad_(), b_base.detach()[::2].double().requires_grad_()
+    y = conv2d_leaky_relu(x_test, w_base[::2], b_base[::2], 1, 1, 1, 1, 0.2, backend=backend)
+    y_ref = torch.nn.functional.leaky_relu(torch.nn.functional.conv2d(x_ref, w_ref, b_ref, 1, 1), 0.2)
+    grad = torch.randn_like(y_ref)
+    y.backward(grad.float())
+    y_ref.backward(grad)
+    for actual, expected in [(y, y_ref), (x_test.grad, x_ref.grad), (w_base.grad[::2], w_ref.grad),
+                             (b_base.grad[::2], b_ref.grad)]:
+        assert rel_err(actual, expected) < fp32_tolerance(device)
+
+
 def test_gradient_penalty_double_backward(device_backend):
     """R1 / WGAN-GP: differentiate through the discriminator twice."""
     device, backend = device_backend

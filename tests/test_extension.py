@@ -118,6 +118,45 @@ def test_opcheck_conv(namespace, device, dtype, channels_last):
         torch.library.opcheck(ops.leaky_relu_grad_bias, (torch.randn_like(y), y, 0.2, has_bias))
 
 
+@pytest.mark.parametrize("namespace,device", OP_SETS)
+@pytest.mark.parametrize("layout", ["transposed", "channel_slice", "nc"])
+def test_opcheck_layouts(namespace, device, layout):
+    """Outputs in the layout the kernels really allocate: a dense input whose spatial
+    dimensions cannot be walked with one stride (transposed) is read as a contiguous copy,
+    so y and dx are contiguous."""
+    ops = _ops(namespace)
+    x = torch.randn(4, 6, 5, 7, device=device)
+    x = {"transposed": x.transpose(2, 3), "channel_slice": x[:, ::2], "nc": x[:, :, 0, 0]}[layout]
+    w, b, mean, var = (torch.rand(x.shape[1], device=device) + 0.5 for _ in range(4))
+    for training in (True, False):
+        fwd_mean, fwd_var = (None, None) if training else (mean, var)
+        torch.library.opcheck(ops.bn_act_forward, (x, w, b, fwd_mean, fwd_var, training, 1e-5, 2, 0.2))
+        torch.library.opcheck(ops.bn_act_backward, (torch.randn_like(x), x, w, b, mean, var, training, 1e-5, 2, 0.2))
+    for has_bias in (True, False):
+        torch.library.opcheck(ops.leaky_relu_grad_bias, (torch.randn_like(x), x, 0.2, has_bias))
+
+
+@pytest.mark.parametrize("namespace,device", OP_SETS)
+def test_opcheck_eval_statistics_in_low_precision_buffers(namespace, device):
+    """Eval returns the running statistics in the accumulation dtype (fp32), whatever
+    dtype the buffers have (bf16 after module.bfloat16())."""
+    ops = _ops(namespace)
+    x, w, b, mean, var = (t.bfloat16() for t in _bn_args(device, torch.float32, False, False))
+    torch.library.opcheck(ops.bn_act_forward, (x, w, b, mean, var, False, 1e-5, 2, 0.2))
+    assert ops.bn_act_forward(x, w, b, mean, var, False, 1e-5, 2, 0.2)[1].dtype == torch.float32
+
+
+@pytest.mark.parametrize("namespace,device", OP_SETS)
+@pytest.mark.parametrize("x_layout,w_layout", [("nchw", "nhwc"), ("nhwc", "nchw")])
+def test_opcheck_conv_mixed_layouts(namespace, device, x_layout, w_layout):
+    ops = _ops(namespace)
+    formats = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
+    x = torch.randn(2, 3, 9, 8, device=device).contiguous(memory_format=formats[x_layout])
+    w = torch.randn(5, 3, 4, 4, device=device).contiguous(memory_format=formats[w_layout])
+    torch.library.opcheck(ops.conv_leaky_relu_forward, (x, w, torch.randn(5, device=device), [2, 2], [1, 1], [1, 1], 1,
+                                                        0.2))
+
+
 @needs_extension
 def test_import_falls_back_with_one_warning_when_extension_cannot_load():
     script = textwrap.dedent("""

@@ -1,6 +1,8 @@
 """GPU-only checks, skipped without CUDA (benchmarks/run_gpu.sh runs them on the device):
-a tensor of more than 2^31 elements, a whole DCGAN training step captured in a CUDA
-graph, and compute-sanitizer's four tools over the kernels of both GPU backends."""
+tensors of more than 2^31 elements and grids of more than 65535 tiles, fp64 scalars kept
+in fp64, tensors on a device other than the current one, conv tuning inside a CUDA graph
+capture, a whole DCGAN training step captured in a CUDA graph, and compute-sanitizer's
+four tools over the kernels of both GPU backends."""
 
 import copy
 import os
@@ -11,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import rel_err
 from torch import nn
 
 import fusedgan
-from fusedgan._backends import why_unusable
+from fusedgan._backends import backend_module, why_unusable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import dcgan_models  # noqa: E402
@@ -24,16 +27,18 @@ GPU_BACKENDS = [b for b in ("cuda", "triton") if torch.cuda.is_available() and w
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_more_than_2_31_elements(backend):
-    """(33, 2, 8192, 4096) bf16: 2.2e9 elements, so offsets past 2^31 must be int64. The
+@pytest.mark.parametrize("shape", [(33, 2, 8192, 4096), (33, 1, 8192, 8192)], ids=str)
+def test_more_than_2_31_elements(backend, shape):
+    """2.2e9 bf16 elements, so offsets past 2^31 must be int64; (33, 1, 8192, 8192) has
+    more than 2^31 rows in its one channel (row counts past 2^31 wrapped in int32). The
     values are held to bf16's default tolerances: the point is that every element, the
     last ones included, is read and written where it should be."""
     torch.cuda.empty_cache()
-    shape = (33, 2, 8192, 4096)
     assert torch.Size(shape).numel() > 2 ** 31
     x = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
-    layer = fusedgan.FusedBNReLU(2, momentum=1.0, backend=backend).cuda()  # momentum 1: running = batch stats
-    stock = nn.BatchNorm2d(2, momentum=1.0).cuda()
+    C = shape[1]
+    layer = fusedgan.FusedBNReLU(C, momentum=1.0, backend=backend).cuda()  # momentum 1: running = batch stats
+    stock = nn.BatchNorm2d(C, momentum=1.0).cuda()
     y = layer(x.requires_grad_(True))
     y.backward(torch.ones_like(y))
     dx_last, dx_first = x.grad[-1].clone(), x.grad[0].clone()
@@ -48,6 +53,121 @@ def test_more_than_2_31_elements(backend):
     torch.testing.assert_close(dx_first, x.grad[0])
     torch.testing.assert_close(layer.running_mean, stock.running_mean, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(layer.running_var, stock.running_var, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_grids_of_more_than_65535_tiles(backend, dtype):
+    """(64, 64, 256, 256) channels_last: more tiles than a grid's axis 1 or 2 may hold
+    (65535), in training forward, eval forward and backward, against stock."""
+    torch.cuda.empty_cache()
+    x = torch.randn(64, 64, 256, 256, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(x)
+    layer = fusedgan.FusedBNLeakyReLU(64, 0.2, backend=backend).to("cuda", dtype)
+    stock = nn.Sequential(nn.BatchNorm2d(64), nn.LeakyReLU(0.2)).to("cuda", dtype)
+    # Two implementations rounding differently: an unwritten or misplaced element would be far off.
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    for training in (True, False):
+        layer.train(training)
+        stock.train(training)
+        x_fused, x_stock = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y, y_ref = layer(x_fused), stock(x_stock)
+        assert rel_err(y, y_ref) < tolerance
+        y.backward(grad)
+        y_ref.backward(grad)
+        del y, y_ref
+        assert rel_err(x_fused.grad, x_stock.grad) < tolerance
+    conv = fusedgan.FusedConvLeakyReLU(64, 64, 3, 1, 1, negative_slope=0.2, backend=backend).to("cuda", dtype)
+    conv_stock = nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1), nn.LeakyReLU(0.2)).to("cuda", dtype)
+    conv_stock[0].load_state_dict(conv.state_dict())
+    x_fused, x_stock = x[:8].clone().requires_grad_(), x[:8].clone().requires_grad_()
+    conv(x_fused).backward(grad[:8])
+    conv_stock(x_stock).backward(grad[:8])
+    assert rel_err(conv.bias.grad, conv_stock[0].bias.grad) < 1e-2  # TF32 or bf16 outputs: a few signs flip
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_fp64_keeps_eps_and_slope_in_fp64(backend):
+    """eps and negative_slope of 0.1, which fp32 cannot represent (it rounds them by about
+    1.5e-8 relative): with fp64 inputs the results match the float64 reference to 1e-12,
+    as they can only if the kernels take both in fp64."""
+    from fusedgan import reference
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, 12, 12, device="cuda", dtype=torch.float64) * 0.3 + 0.1
+    w, b = torch.rand(16, device="cuda", dtype=torch.float64) + 0.5, torch.randn(16, device="cuda", dtype=torch.float64)
+    rm, rv = torch.randn(16, device="cuda", dtype=torch.float64), torch.rand(16, device="cuda", dtype=torch.float64)
+    dy = torch.randn_like(x)
+    ops = backend_module(backend)
+    for training in (True, False):
+        ours = ops.bn_act_forward(x, w, b, rm, rv, training, 0.1, 2, 0.1)
+        ref = reference.bn_act_forward(x, w, b, rm, rv, training, 0.1, 2, 0.1)
+        ours += ops.bn_act_backward(dy, x, w, b, ours[1], ours[2], training, 0.1, 2, 0.1)
+        ref += reference.bn_act_backward(dy, x, w, b, ref[1], ref[2], training, 0.1, 2, 0.1)
+        for actual, expected in zip(ours, ref):
+            assert ((actual - expected).norm() / expected.norm()).item() < 1e-12
+    y = torch.randn(8, 16, 12, 12, device="cuda", dtype=torch.float64)
+    for actual, expected in zip(ops.leaky_relu_grad_bias(dy, y, 0.1, True), reference.leaky_relu_grad_bias(dy, y, 0.1,
+                                                                                                           True)):
+        assert ((actual - expected).norm() / expected.norm()).item() < 1e-12
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_tensors_on_another_device_than_the_current_one(backend):
+    """Layers on cuda:1 while cuda:0 is current (and busy on its own stream): every launch
+    runs on the tensors' device and its current stream."""
+    torch.manual_seed(0)
+    fused = nn.Sequential(fusedgan.FusedConvLeakyReLU(3, 8, 4, 2, 1, negative_slope=0.2, backend=backend),
+                          nn.Conv2d(8, 16, 3), fusedgan.FusedBNLeakyReLU(16, 0.2, backend=backend))
+    stock = nn.Sequential(nn.Conv2d(3, 8, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16),
+                          nn.LeakyReLU(0.2))
+    stock[0].load_state_dict(fused[0].state_dict())
+    stock[2].load_state_dict(fused[1].state_dict())
+    fused, stock = fused.to("cuda:1"), stock.to("cuda:1")
+    x = torch.randn(16, 3, 64, 64, device="cuda:1")
+    with torch.cuda.device(0):
+        busy = torch.randn(4096, 4096, device="cuda:0")
+        for _ in range(4):
+            busy = busy @ busy / 64
+        for training in (True, False):
+            fused.train(training)
+            stock.train(training)
+            x_fused, x_stock = x.clone().requires_grad_(), x.clone().requires_grad_()
+            y = fused(x_fused)
+            y.backward(torch.ones_like(y))
+            y_ref = stock(x_stock)
+            y_ref.backward(torch.ones_like(y_ref))
+            assert y.device == torch.device("cuda:1")
+            assert rel_err(y, y_ref) < 1e-2 and rel_err(x_fused.grad, x_stock.grad) < 1e-2  # TF32 convolutions
+    assert rel_err(fused[2].running_var, stock[3].running_var) < 1e-2
+
+
+@pytest.mark.skipif("triton" not in GPU_BACKENDS, reason="Triton cannot run here")
+def test_conv_first_met_inside_a_cuda_graph_capture():
+    """A conv shape first seen inside a capture takes the first tile config untuned (the
+    tuner's benchmark would synchronise and break the capture), and is tuned when met eagerly."""
+    from fusedgan.triton import conv_leaky_relu as triton_conv
+
+    torch.manual_seed(0)
+    conv = fusedgan.FusedConvLeakyReLU(5, 24, 3, 1, 1, negative_slope=0.2, backend="triton").cuda()
+    with torch.no_grad():
+        # Warm-up on another image size (another tune key) with the same argument
+        # specialisations: the kernel's binaries are loaded before the capture.
+        conv(torch.randn(3, 5, 39, 43, device="cuda"))
+        x = torch.randn(3, 5, 37, 41, device="cuda")
+        y_ref = torch.nn.functional.leaky_relu(
+            torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), 1, 1), 0.2)
+        key = triton_conv.tune_key(x, conv.weight, conv.bias, 1, 1, 1)
+        assert key not in triton_conv._TUNED
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = conv(x)
+        graph.replay()
+        assert rel_err(y, y_ref) < 1e-3  # TF32, as in test_conv_leaky_relu.py
+        assert key not in triton_conv._TUNED
+        assert rel_err(conv(x), y_ref) < 1e-3
+        assert key in triton_conv._TUNED
 
 
 def _gan_step(G, D, opt_g, opt_d, real, z):

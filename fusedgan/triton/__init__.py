@@ -46,10 +46,11 @@ def _leaky_relu_grad_bias_op(dy: Tensor, y: Tensor, slope: float, has_bias: bool
                                                 torch.float32))
 
 
-_bn_act_forward_op.register_fake(_fake.bn_act_forward)
-_bn_act_backward_op.register_fake(_fake.bn_act_backward)
-_conv_leaky_relu_forward_op.register_fake(_fake.conv_leaky_relu_forward)
-_leaky_relu_grad_bias_op.register_fake(_fake.leaky_relu_grad_bias)
+_FAKES = _fake.fakes("triton")
+_bn_act_forward_op.register_fake(_FAKES["bn_act_forward"])
+_bn_act_backward_op.register_fake(_FAKES["bn_act_backward"])
+_conv_leaky_relu_forward_op.register_fake(_FAKES["conv_leaky_relu_forward"])
+_leaky_relu_grad_bias_op.register_fake(_FAKES["leaky_relu_grad_bias"])
 
 
 def bn_act_forward(x, weight, bias, mean, var, training, eps, act, slope):

@@ -1,10 +1,10 @@
-"""BatchNorm + activation in Triton: kernels, then launchers.
+"""BatchNorm + activation in Triton: kernels, then launch planning, then launchers.
 
-Every input of shape (N, C, *) is seen as a matrix of R = N*S rows (S = the product of
-the spatial sizes) by C channels, addressed in place through three strides
-(n, s, c): contiguous NCHW has stride_s == 1, channels_last has stride_c == 1, and
-the gradient torch hands to backward (often an expanded scalar, all strides 0) is read
-as it comes. No layout copy is made.
+Tensors are read in place as rows (n, s) by channels (see _tiles.py); the gradient torch
+hands to backward (often an expanded scalar, all strides 0) is read as it comes. No
+layout copy is made, except of a tensor whose spatial dimensions cannot be walked with one
+stride (e.g. x.transpose(2, 3)), which is copied to contiguous first: y and dx are then
+contiguous.
 
 Bytes (N = elements of x): the one-pass path, taken when a program can hold its
 channels' whole slice in registers, reads x once and writes y once in forward (2N),
@@ -13,43 +13,34 @@ twice in forward (3N) and x, dy twice in backward (5N); its per-channel reductio
 through a fixed split of the rows into partial results merged in a fixed order by a
 second small kernel, so results are bitwise repeatable (no atomics).
 
-Accumulation is in fp32 (fp64 for fp64 inputs). Statistics use per-tile centred sums
-merged with Chan's formula, never E[x^2] - E[x]^2.
+Accumulation is in fp32 (fp64 for fp64 inputs), eps and slope included. Statistics use
+per-tile centred sums merged with Chan's formula, never E[x^2] - E[x]^2.
 """
-
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from fusedgan._layout import channel_view
+from fusedgan.triton._launch import Launch, acc_dtype, device_of, run
+from fusedgan.triton._tiles import (
+    Plan,
+    _channels,
+    _offsets,
+    _scalar,
+    _split,
+    _store,
+    _sum_splits_kernel,
+    _tile_rows,
+    merge_launch,
+    merge_rows,
+)
 
-# Largest channel slice (elements per program) the one-pass path keeps in registers.
-ONE_PASS_MAX_ELEMENTS = 16384
-# Elements per tile on the tiled path.
-TILE_ELEMENTS = 4096
-
-
-@triton.jit
-def _offsets(r, c, S, stride_n, stride_s, stride_c):
-    """int64 element offsets of channels c and rows r (flattened n*S + s): a (channels, rows)
-    tile. Rows are the reduced axis and come last, so the interpreter (numpy) reduces
-    them pairwise, as the GPU's tree reduction does, rather than one by one."""
-    r64 = r.to(tl.int64)
-    row = (r64 // S) * stride_n + (r64 % S) * stride_s
-    return c.to(tl.int64)[:, None] * stride_c + row[None, :]
-
-
-@triton.jit
-def _store(ptr, value, mask):
-    """tl.store, narrowing to bf16 by round-to-nearest-even. Compiled Triton rounds so
-    already; the interpreter truncates, so round explicitly and both agree bit for bit."""
-    if ptr.dtype.element_ty == tl.bfloat16:
-        bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
-        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-        value = tl.where(value != value, value, rounded)  # NaN payloads could carry over
-    tl.store(ptr, value.to(ptr.dtype.element_ty), mask=mask)
+# What a one-pass program may hold its slice in, by backward: elements a thread and warps
+# (512 threads get 128 registers a thread). Backward holds x and dy. fp64 takes the tiled
+# path: its division and square root call a slow-path subroutine, around which a slice held
+# in registers is saved to local memory. Every variant compiles without spills (compile_check).
+ONE_PASS_BUDGET = {False: (32, 16), True: (16, 16)}
 
 
 @triton.jit
@@ -93,32 +84,27 @@ def _pre_activation(x, mean, scale, b):
 @triton.jit
 def _bn_stats_kernel(
     x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, part_ptr,
-    R, C, S, stride_xn, stride_xs, stride_xc, stride_yn, stride_ys, stride_yc,
-    rows_per_split, n_splits, eps, slope,
-    ACT: tl.constexpr, ACC: tl.constexpr, ONE_PASS: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    N, S, C, s_tiles, row_tiles, tiles_per_split, n_splits,
+    stride_xn, stride_xs, stride_xc, stride_yn, stride_ys, stride_yc, eps: tl.float64, slope: tl.float64,
+    ACT: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr, ONE_PASS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Batch statistics of BLOCK_C channels over one split of the rows.
+    """Batch statistics of BLOCK_C channels over one split of the row tiles.
 
     Each tile's (n, mean, M2) is merged into the running ones with Chan's formula.
-    ONE_PASS (one split, R <= BLOCK_R, so the loop runs once): the slice is still in
-    registers, so write mean, biased var and y = act(z) straight away. Otherwise write
-    the split's (count, mean, M2) to part_ptr[3, n_splits, C] for _bn_stats_merge_kernel.
+    ONE_PASS (one split of one tile): the slice is still in registers, so write mean,
+    biased var and y = act(z) straight away. Otherwise write the split's (count, mean, M2)
+    to part_ptr[3, n_splits, C] for _bn_stats_merge_kernel.
     """
-    pid_c = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
+    c, c_mask = _channels(tl.program_id(0), C, IDX, BLOCK_C)
     count = tl.zeros([BLOCK_C], dtype=ACC)
     mean = tl.zeros([BLOCK_C], dtype=ACC)
     m2 = tl.zeros([BLOCK_C], dtype=ACC)
-    r_begin = pid_s * rows_per_split
-    r_end = tl.minimum(r_begin + rows_per_split, R)
-    for r0 in range(r_begin, r_end, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        r_mask = r < r_end
+    t_begin, t_end = _split(tiles_per_split, row_tiles)
+    for t in range(t_begin, t_end):
+        n, s, r_mask = _tile_rows(t, N, S, s_tiles, IDX, BLOCK_N, BLOCK_S)
         mask = r_mask[None, :] & c_mask[:, None]
-        x = tl.load(x_ptr + _offsets(r, c, S, stride_xn, stride_xs, stride_xc), mask=mask, other=0.0).to(ACC)
+        x = tl.load(x_ptr + _offsets(n, s, c, stride_xn, stride_xs, stride_xc), mask=mask, other=0.0).to(ACC)
         n_tile = tl.sum(r_mask.to(ACC), axis=0)
         mean_tile = tl.sum(x, axis=1) / n_tile
         d = tl.where(mask, x - mean_tile[:, None], 0.0)
@@ -133,149 +119,231 @@ def _bn_stats_kernel(
             _store(var_ptr + c, var, mask=c_mask)
             w = tl.load(w_ptr + c, mask=c_mask, other=1.0).to(ACC)
             b = tl.load(b_ptr + c, mask=c_mask, other=0.0).to(ACC)
-            y = _activation(_pre_activation(x, mean, w / tl.sqrt(var + eps), b), slope, ACT)
-            _store(y_ptr + _offsets(r, c, S, stride_yn, stride_ys, stride_yc), y, mask=mask)
+            scale = w / tl.sqrt(var + _scalar(eps, ACC))
+            y = _activation(_pre_activation(x, mean, scale, b), _scalar(slope, ACC), ACT)
+            _store(y_ptr + _offsets(n, s, c, stride_yn, stride_ys, stride_yc), y, mask=mask)
     if not ONE_PASS:
-        part = part_ptr + pid_s * C + c
+        plane = tl.cast(n_splits, IDX) * C
+        part = part_ptr + tl.program_id(1).to(IDX) * C + c
         _store(part, count, mask=c_mask)
-        _store(part + n_splits * C, mean, mask=c_mask)
-        _store(part + 2 * n_splits * C, m2, mask=c_mask)
+        _store(part + plane, mean, mask=c_mask)
+        _store(part + 2 * plane, m2, mask=c_mask)
 
 
 @triton.jit
-def _bn_stats_merge_kernel(part_ptr, mean_ptr, var_ptr, C, n_splits, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+def _bn_stats_merge_kernel(part_ptr, mean_ptr, var_ptr, C, n_splits, ACC: tl.constexpr, IDX: tl.constexpr,
+                           BLOCK_C: tl.constexpr):
     """Merge the splits' (count, mean, M2) in split order: batch mean and biased variance."""
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
+    c, c_mask = _channels(tl.program_id(0), C, IDX, BLOCK_C)
+    plane = tl.cast(n_splits, IDX) * C
+    part = part_ptr + c
     count = tl.zeros([BLOCK_C], dtype=ACC)
     mean = tl.zeros([BLOCK_C], dtype=ACC)
     m2 = tl.zeros([BLOCK_C], dtype=ACC)
-    for i in range(n_splits):
-        part = part_ptr + i * C + c
+    for _ in range(n_splits):
         n_i = tl.load(part, mask=c_mask, other=0.0)
-        mean_i = tl.load(part + n_splits * C, mask=c_mask, other=0.0)
-        m2_i = tl.load(part + 2 * n_splits * C, mask=c_mask, other=0.0)
+        mean_i = tl.load(part + plane, mask=c_mask, other=0.0)
+        m2_i = tl.load(part + 2 * plane, mask=c_mask, other=0.0)
         total = count + n_i
         frac = tl.where(total > 0, n_i / tl.maximum(total, 1.0), 0.0)
         delta = mean_i - mean
         mean += delta * frac
         m2 += m2_i + delta * delta * count * frac
         count = total
+        part += C
     _store(mean_ptr + c, mean, mask=c_mask)
-    _store(var_ptr + c, m2 / count, mask=c_mask)
+    _store(var_ptr + c, m2 / tl.maximum(count, 1.0), mask=c_mask)  # (masked channels: count 0)
+
+
+@triton.jit
+def _elementwise_tile(N, S, C, s_tiles, c_blocks, IDX: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The tile of an elementwise program (grid axis 0: row tiles by channel blocks, channel
+    blocks fastest): its row tile, channels and rows, and the tile's mask."""
+    pid = tl.program_id(0)
+    t = pid // c_blocks
+    c, c_mask = _channels(pid - t * c_blocks, C, IDX, BLOCK_C)
+    n, s, r_mask = _tile_rows(t, N, S, s_tiles, IDX, BLOCK_N, BLOCK_S)
+    return t, c, c_mask, n, s, r_mask[None, :] & c_mask[:, None]
 
 
 @triton.jit
 def _bn_act_apply_kernel(
     x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr,
-    R, C, S, stride_xn, stride_xs, stride_xc, stride_yn, stride_ys, stride_yc, eps, slope,
-    ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    N, S, C, s_tiles, c_blocks, stride_xn, stride_xs, stride_xc, stride_yn, stride_ys, stride_yc,
+    eps: tl.float64, slope: tl.float64,
+    ACT: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """y = act(z) on one (BLOCK_C, BLOCK_R) tile: the tiled path, and eval with running statistics."""
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c_mask = c < C
-    mask = (r < R)[None, :] & c_mask[:, None]
-    mean, _, scale, b = _channel_params(mean_ptr, var_ptr, w_ptr, b_ptr, c, c_mask, eps, ACC)
-    x = tl.load(x_ptr + _offsets(r, c, S, stride_xn, stride_xs, stride_xc), mask=mask, other=0.0).to(ACC)
-    y = _activation(_pre_activation(x, mean, scale, b), slope, ACT)
-    _store(y_ptr + _offsets(r, c, S, stride_yn, stride_ys, stride_yc), y, mask=mask)
+    """y = act(z) on one tile: the tiled path, and eval with running statistics."""
+    _, c, c_mask, n, s, mask = _elementwise_tile(N, S, C, s_tiles, c_blocks, IDX, BLOCK_N, BLOCK_S, BLOCK_C)
+    mean, _, scale, b = _channel_params(mean_ptr, var_ptr, w_ptr, b_ptr, c, c_mask, _scalar(eps, ACC), ACC)
+    x = tl.load(x_ptr + _offsets(n, s, c, stride_xn, stride_xs, stride_xc), mask=mask, other=0.0).to(ACC)
+    y = _activation(_pre_activation(x, mean, scale, b), _scalar(slope, ACC), ACT)
+    _store(y_ptr + _offsets(n, s, c, stride_yn, stride_ys, stride_yc), y, mask=mask)
 
 
 @triton.jit
-def _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, R, TRAINING: tl.constexpr):
-    # Training: the batch statistics depend on x, which adds the two mean terms.
+def _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, inv_count, TRAINING: tl.constexpr):
+    # Training: the batch statistics depend on x, which adds the two mean terms. (1 / count
+    # comes from the host: an fp64 division is a subroutine call, around which the tile in
+    # registers would be saved to local memory.)
     if TRAINING:
-        dz = dz - (sum_dz / R)[:, None] - xhat * (sum_dz_xhat / R)[:, None]
+        dz = dz - (sum_dz * inv_count)[:, None] - xhat * (sum_dz_xhat * inv_count)[:, None]
     return dz * scale[:, None]
+
+
+@triton.jit
+def _bn_act_dz(dy_ptr, x_ptr, n, s, c, mask, stride_dyn, stride_dys, stride_dyc, stride_xn, stride_xs, stride_xc,
+               mean, invstd, scale, b, slope, ACT: tl.constexpr, ACC: tl.constexpr):
+    """dz = dy * act'(z), with z recomputed from x, and xhat, on one tile."""
+    x = tl.load(x_ptr + _offsets(n, s, c, stride_xn, stride_xs, stride_xc), mask=mask, other=0.0).to(ACC)
+    dy = tl.load(dy_ptr + _offsets(n, s, c, stride_dyn, stride_dys, stride_dyc), mask=mask, other=0.0).to(ACC)
+    xhat = (x - mean[:, None]) * invstd[:, None]
+    return _activation_grad(dy, _pre_activation(x, mean, scale, b), slope, ACT), xhat
 
 
 @triton.jit
 def _bn_act_grad_sums_kernel(
     dy_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, dw_ptr, db_ptr, part_ptr,
-    R, C, S, stride_dyn, stride_dys, stride_dyc, stride_xn, stride_xs, stride_xc,
-    stride_dxn, stride_dxs, stride_dxc, rows_per_split, n_splits, eps, slope,
-    ACT: tl.constexpr, ACC: tl.constexpr, ONE_PASS: tl.constexpr, TRAINING: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    N, S, C, s_tiles, row_tiles, tiles_per_split, n_splits, inv_count: tl.float64,
+    stride_dyn, stride_dys, stride_dyc, stride_xn, stride_xs, stride_xc, stride_dxn, stride_dxs, stride_dxc,
+    eps: tl.float64, slope: tl.float64,
+    ACT: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr, ONE_PASS: tl.constexpr, TRAINING: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Per-channel sums of dz and dz * xhat (= dbias and dweight) over one split of the rows.
+    """Per-channel sums of dz and dz * xhat (= dbias and dweight) over one split of the row tiles.
 
-    dz = dy * act'(z) with z recomputed from the saved x. ONE_PASS: x and dy stay in
-    registers; write dweight, dbias and dx. Otherwise write the split's two sums to
-    part_ptr[2, n_splits, C] for _bn_grad_sums_merge_kernel.
+    ONE_PASS (one split of one tile): x and dy stay in registers; write dweight, dbias and
+    dx. Otherwise write the split's two sums to part_ptr[2, n_splits, C].
     """
-    pid_c = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    mean, invstd, scale, b = _channel_params(mean_ptr, var_ptr, w_ptr, b_ptr, c, c_mask, eps, ACC)
+    c, c_mask = _channels(tl.program_id(0), C, IDX, BLOCK_C)
+    mean, invstd, scale, b = _channel_params(mean_ptr, var_ptr, w_ptr, b_ptr, c, c_mask, _scalar(eps, ACC), ACC)
+    slope = _scalar(slope, ACC)
     sum_dz = tl.zeros([BLOCK_C], dtype=ACC)
     sum_dz_xhat = tl.zeros([BLOCK_C], dtype=ACC)
-    r_begin = pid_s * rows_per_split
-    r_end = tl.minimum(r_begin + rows_per_split, R)
-    for r0 in range(r_begin, r_end, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        mask = (r < r_end)[None, :] & c_mask[:, None]
-        x = tl.load(x_ptr + _offsets(r, c, S, stride_xn, stride_xs, stride_xc), mask=mask, other=0.0).to(ACC)
-        dy = tl.load(dy_ptr + _offsets(r, c, S, stride_dyn, stride_dys, stride_dyc), mask=mask, other=0.0).to(ACC)
-        xhat = (x - mean[:, None]) * invstd[:, None]
-        dz = _activation_grad(dy, _pre_activation(x, mean, scale, b), slope, ACT)
+    t_begin, t_end = _split(tiles_per_split, row_tiles)
+    for t in range(t_begin, t_end):
+        n, s, r_mask = _tile_rows(t, N, S, s_tiles, IDX, BLOCK_N, BLOCK_S)
+        mask = r_mask[None, :] & c_mask[:, None]
+        dz, xhat = _bn_act_dz(dy_ptr, x_ptr, n, s, c, mask, stride_dyn, stride_dys, stride_dyc,
+                              stride_xn, stride_xs, stride_xc, mean, invstd, scale, b, slope, ACT, ACC)
         sum_dz += tl.sum(dz, axis=1)
         sum_dz_xhat += tl.sum(dz * xhat, axis=1)
         if ONE_PASS:
-            # The loop ran once (R <= BLOCK_R): finish dx from the tile still in registers.
-            dx = _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, R, TRAINING)
-            _store(dx_ptr + _offsets(r, c, S, stride_dxn, stride_dxs, stride_dxc), dx, mask=mask)
+            # The loop ran once: finish dx from the tile still in registers.
+            dx = _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, _scalar(inv_count, ACC), TRAINING)
+            _store(dx_ptr + _offsets(n, s, c, stride_dxn, stride_dxs, stride_dxc), dx, mask=mask)
     if ONE_PASS:
         _store(dw_ptr + c, sum_dz_xhat, mask=c_mask)
         _store(db_ptr + c, sum_dz, mask=c_mask)
     else:
-        part = part_ptr + pid_s * C + c
+        part = part_ptr + tl.program_id(1).to(IDX) * C + c
         _store(part, sum_dz, mask=c_mask)
-        _store(part + n_splits * C, sum_dz_xhat, mask=c_mask)
-
-
-@triton.jit
-def _bn_grad_sums_merge_kernel(part_ptr, dw_ptr, db_ptr, C, n_splits, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Add the splits' sums in split order: dbias = sum dz, dweight = sum dz * xhat."""
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    sum_dz = tl.zeros([BLOCK_C], dtype=ACC)
-    sum_dz_xhat = tl.zeros([BLOCK_C], dtype=ACC)
-    for i in range(n_splits):
-        part = part_ptr + i * C + c
-        sum_dz += tl.load(part, mask=c_mask, other=0.0)
-        sum_dz_xhat += tl.load(part + n_splits * C, mask=c_mask, other=0.0)
-    _store(dw_ptr + c, sum_dz_xhat, mask=c_mask)
-    _store(db_ptr + c, sum_dz, mask=c_mask)
+        _store(part + tl.cast(n_splits, IDX) * C, sum_dz_xhat, mask=c_mask)
 
 
 @triton.jit
 def _bn_act_grad_input_kernel(
-    dy_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, sum_dz_xhat_ptr, sum_dz_ptr, dw_ptr, db_ptr,
-    R, C, S, stride_dyn, stride_dys, stride_dyc, stride_xn, stride_xs, stride_xc,
-    stride_dxn, stride_dxs, stride_dxc, eps, slope,
-    ACT: tl.constexpr, ACC: tl.constexpr, TRAINING: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    dy_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, sums_ptr, dw_ptr, db_ptr,
+    N, S, C, s_tiles, c_blocks, inv_count: tl.float64,
+    stride_dyn, stride_dys, stride_dyc, stride_xn, stride_xs, stride_xc, stride_dxn, stride_dxs, stride_dxc,
+    eps: tl.float64, slope: tl.float64,
+    ACT: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr, TRAINING: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """dx on one (BLOCK_C, BLOCK_R) tile from the merged sums: the tiled path. The first
-    row of programs also writes dweight and dbias in the parameters' dtype."""
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c_mask = c < C
-    mask = (r < R)[None, :] & c_mask[:, None]
-    mean, invstd, scale, b = _channel_params(mean_ptr, var_ptr, w_ptr, b_ptr, c, c_mask, eps, ACC)
-    sum_dz = tl.load(sum_dz_ptr + c, mask=c_mask, other=0.0)
-    sum_dz_xhat = tl.load(sum_dz_xhat_ptr + c, mask=c_mask, other=0.0)
-    if tl.program_id(1) == 0:
+    """dx on one tile from the merged sums (sums_ptr[2, C]: dbias, dweight): the tiled path.
+    The programs of the first row tile also write dweight and dbias in the parameters' dtype."""
+    t, c, c_mask, n, s, mask = _elementwise_tile(N, S, C, s_tiles, c_blocks, IDX, BLOCK_N, BLOCK_S, BLOCK_C)
+    mean, invstd, scale, b = _channel_params(mean_ptr, var_ptr, w_ptr, b_ptr, c, c_mask, _scalar(eps, ACC), ACC)
+    sum_dz = tl.load(sums_ptr + c, mask=c_mask, other=0.0)
+    sum_dz_xhat = tl.load(sums_ptr + C + c, mask=c_mask, other=0.0)
+    if t == 0:
         _store(dw_ptr + c, sum_dz_xhat, mask=c_mask)
         _store(db_ptr + c, sum_dz, mask=c_mask)
-    x = tl.load(x_ptr + _offsets(r, c, S, stride_xn, stride_xs, stride_xc), mask=mask, other=0.0).to(ACC)
-    dy = tl.load(dy_ptr + _offsets(r, c, S, stride_dyn, stride_dys, stride_dyc), mask=mask, other=0.0).to(ACC)
-    xhat = (x - mean[:, None]) * invstd[:, None]
-    dz = _activation_grad(dy, _pre_activation(x, mean, scale, b), slope, ACT)
-    dx = _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, R, TRAINING)
-    _store(dx_ptr + _offsets(r, c, S, stride_dxn, stride_dxs, stride_dxc), dx, mask=mask)
+    dz, xhat = _bn_act_dz(dy_ptr, x_ptr, n, s, c, mask, stride_dyn, stride_dys, stride_dyc,
+                          stride_xn, stride_xs, stride_xc, mean, invstd, scale, b, _scalar(slope, ACC), ACT, ACC)
+    dx = _bn_act_grad_input(dz, xhat, scale, sum_dz, sum_dz_xhat, _scalar(inv_count, ACC), TRAINING)
+    _store(dx_ptr + _offsets(n, s, c, stride_dxn, stride_dxs, stride_dxc), dx, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------
+# Planning: outputs and launches, on real tensors or on meta tensors (the offline checks)
+# ---------------------------------------------------------------------------------------
+
+
+def _plan(rows, S, C, strides, backward, acc, device):
+    """The reduction plan of a forward or backward launch."""
+    return Plan.reduction(rows, S, C, C > 1 and abs(strides[0][2]) == 1, device,
+                          None if acc == tl.float64 else ONE_PASS_BUDGET[backward])
+
+
+def plan_forward(x, weight, bias, mean, var, training, eps, act, slope):
+    """((y, mean, var), launches) of bn_act_forward, nothing run."""
+    x, (N, C, S), x_strides = channel_view(x)
+    y = torch.empty_like(x)
+    rows, S, strides = merge_rows(N, S, [x_strides, channel_view(y)[2]])
+    acc, acc_torch = acc_dtype(x.dtype)
+    plan = _plan(rows, S, C, strides, False, acc, x.device)
+    weight, bias = weight.contiguous(), bias.contiguous()
+    scalars = (*strides[0], *strides[1], float(eps), float(slope))
+    launches = []
+    if training:
+        mean = torch.empty(C, device=x.device, dtype=acc_torch)
+        var = torch.empty_like(mean)
+        part = mean if plan.one_pass else torch.empty((3, plan.n_splits, C), device=x.device, dtype=acc_torch)
+        bound = plan.bound(strides, part.numel())
+        launches.append(Launch(_bn_stats_kernel, (plan.c_blocks, plan.n_splits),
+                               (x, y, weight, bias, mean, var, part, *plan.split_args, *scalars),
+                               dict(ACT=act, ACC=acc, ONE_PASS=plan.one_pass, **plan.constexprs(bound)), bound))
+        if plan.one_pass:
+            return (y, mean, var), launches
+        launches.append(merge_launch(_bn_stats_merge_kernel, part, (mean, var), acc))
+    else:
+        # Running statistics in any dtype and stride: returned, as batch statistics are, in the
+        # accumulation dtype, and read contiguous.
+        mean, var = mean.to(acc_torch).contiguous(), var.to(acc_torch).contiguous()
+    elementwise = plan.elementwise()
+    sizes, grid = elementwise.elementwise_args
+    bound = elementwise.bound(strides)
+    launches.append(Launch(_bn_act_apply_kernel, grid, (x, y, mean, var, weight, bias, *sizes, *scalars),
+                           dict(ACT=act, ACC=acc, **elementwise.constexprs(bound)), bound))
+    return (y, mean, var), launches
+
+
+def plan_backward(dy, x, weight, bias, mean, var, training, eps, act, slope):
+    """((dx, dweight, dbias), launches) of bn_act_backward, nothing run."""
+    x, (N, C, S), x_strides = channel_view(x)
+    dy, _, dy_strides = channel_view(dy)
+    dx = torch.empty_like(x)
+    rows, S, strides = merge_rows(N, S, [x_strides, dy_strides, channel_view(dx)[2]])
+    acc, acc_torch = acc_dtype(x.dtype)
+    plan = _plan(rows, S, C, strides, True, acc, x.device)
+    weight, bias, mean, var = (t.contiguous() for t in (weight, bias, mean, var))
+    dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
+    xs, dys, dxs = strides
+    scalars = (1.0 / max(rows * S, 1), *dys, *xs, *dxs, float(eps), float(slope))
+    part = dweight if plan.one_pass else torch.empty((2, plan.n_splits, C), device=x.device, dtype=acc_torch)
+    bound = plan.bound(strides, part.numel())
+    launches = [Launch(_bn_act_grad_sums_kernel, (plan.c_blocks, plan.n_splits),
+                       (dy, x, dx, mean, var, weight, bias, dweight, dbias, part, *plan.split_args, *scalars),
+                       dict(ACT=act, ACC=acc, ONE_PASS=plan.one_pass, TRAINING=training, **plan.constexprs(bound)),
+                       bound)]
+    if plan.one_pass:
+        return (dx, dweight, dbias), launches
+    # dx needs the sums at full precision (not rounded to the weight's dtype).
+    if plan.n_splits == 1:
+        sums = part.view(2, C)
+    else:
+        sums = torch.empty((2, C), device=x.device, dtype=acc_torch)
+        launches.append(merge_launch(_sum_splits_kernel, part, (sums,), acc, grid_y=2))
+    elementwise = plan.elementwise()
+    sizes, grid = elementwise.elementwise_args
+    bound = elementwise.bound(strides, sums.numel())
+    launches.append(Launch(_bn_act_grad_input_kernel, grid,
+                           (dy, x, dx, mean, var, weight, bias, sums, dweight, dbias, *sizes, *scalars),
+                           dict(ACT=act, ACC=acc, TRAINING=training, **elementwise.constexprs(bound)), bound))
+    return (dx, dweight, dbias), launches
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,104 +351,19 @@ def _bn_act_grad_input_kernel(
 # ---------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _target_programs(device):
-    # Enough programs to fill the GPU a few times over; the interpreter runs programs one
-    # after another, so on the CPU a handful (still more than one split) is best.
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 8
-
-
-class _Plan:
-    """Tile shape, one-pass or tiled, and the row split of one (R, C) problem."""
-
-    def __init__(self, R, C, strides, device):
-        _, stride_s, stride_c = strides
-        # When channels are the fast axis (channels_last, (N, C) inputs), a tile spans at
-        # least 8 channels so that a warp reads whole 32-byte sectors.
-        channels_fast = abs(stride_c) == 1 and stride_s != 1
-        min_block_c = min(triton.next_power_of_2(C), 8) if channels_fast else 1
-        rows_pow2 = triton.next_power_of_2(max(R, 1))
-        self.one_pass = rows_pow2 * min_block_c <= ONE_PASS_MAX_ELEMENTS
-        if self.one_pass:
-            # Short slices (small N*H*W) share a program between channels.
-            self.block_r = rows_pow2
-            self.block_c = min(triton.next_power_of_2(C), 64, max(min_block_c, ONE_PASS_MAX_ELEMENTS // rows_pow2))
-            self.n_splits, self.rows_per_split = 1, R
-        else:
-            self.block_c = min(triton.next_power_of_2(C), 64) if channels_fast else 1
-            self.block_r = TILE_ELEMENTS // self.block_c
-            c_blocks = triton.cdiv(C, self.block_c)
-            max_splits = triton.cdiv(R, self.block_r)
-            n_splits = min(max(triton.cdiv(_target_programs(device), c_blocks), 1), max_splits)
-            self.rows_per_split = triton.cdiv(triton.cdiv(R, n_splits), self.block_r) * self.block_r
-            self.n_splits = triton.cdiv(R, self.rows_per_split)
-        self.c_blocks = triton.cdiv(C, self.block_c)
-        elements = self.block_r * self.block_c
-        self.num_warps = 16 if elements >= 16384 else (8 if elements >= 4096 else 4)
-
-
-def _acc_dtype(x):
-    return tl.float64 if x.dtype == torch.float64 else tl.float32
-
-
 def bn_act_forward(x, weight, bias, mean, var, training, eps, act, slope):
     """y = act(batch_norm(x)); returns (y, mean, var): the batch mean and biased variance
-    when training, else the given running ones. weight and bias are (C,) tensors."""
-    x, (N, C, S), x_strides = channel_view(x)
-    R = N * S
-    y = torch.empty_like(x)
-    _, _, y_strides = channel_view(y)
-    plan = _Plan(R, C, x_strides, x.device)
-    acc = _acc_dtype(x)
-    acc_torch = torch.float64 if acc == tl.float64 else torch.float32
-    common = dict(ACT=act, ACC=acc, BLOCK_R=plan.block_r, BLOCK_C=plan.block_c, num_warps=plan.num_warps)
-    if training:
-        mean = torch.empty(C, device=x.device, dtype=acc_torch)
-        var = torch.empty_like(mean)
-        part = torch.empty((3, plan.n_splits, C), device=x.device, dtype=acc_torch)
-        _bn_stats_kernel[(plan.c_blocks, plan.n_splits)](
-            x, y, weight, bias, mean, var, part, R, C, S, *x_strides, *y_strides,
-            plan.rows_per_split, plan.n_splits, eps, slope, ONE_PASS=plan.one_pass, **common)
-        if plan.one_pass:
-            return y, mean, var
-        merge_block = min(triton.next_power_of_2(C), 1024)
-        _bn_stats_merge_kernel[(triton.cdiv(C, merge_block),)](
-            part, mean, var, C, plan.n_splits, ACC=acc, BLOCK_C=merge_block)
-    apply_block_r = TILE_ELEMENTS // plan.block_c
-    _bn_act_apply_kernel[(plan.c_blocks, triton.cdiv(R, apply_block_r))](
-        x, y, mean, var, weight, bias, R, C, S, *x_strides, *y_strides, eps, slope,
-        **{**common, "BLOCK_R": apply_block_r})
-    return y, mean, var
+    when training, else the given running ones, in the accumulation dtype. weight and bias
+    are (C,) tensors."""
+    with device_of(x):
+        outputs, launches = plan_forward(x, weight, bias, mean, var, training, eps, act, slope)
+        run(launches)
+    return outputs
 
 
 def bn_act_backward(dy, x, weight, bias, mean, var, training, eps, act, slope):
     """(dx, dweight, dbias) of y = act(batch_norm(x)) with the statistics forward used."""
-    x, (N, C, S), x_strides = channel_view(x)
-    dy, _, dy_strides = channel_view(dy)
-    R = N * S
-    dx = torch.empty_like(x)
-    _, _, dx_strides = channel_view(dx)
-    dweight = torch.empty_like(weight)
-    dbias = torch.empty_like(bias)
-    plan = _Plan(R, C, x_strides, x.device)
-    acc = _acc_dtype(x)
-    acc_torch = torch.float64 if acc == tl.float64 else torch.float32
-    common = dict(ACT=act, ACC=acc, TRAINING=training, BLOCK_C=plan.block_c, num_warps=plan.num_warps)
-    part = torch.empty((2, plan.n_splits, C), device=x.device, dtype=acc_torch)
-    _bn_act_grad_sums_kernel[(plan.c_blocks, plan.n_splits)](
-        dy, x, dx, mean, var, weight, bias, dweight, dbias, part, R, C, S,
-        *dy_strides, *x_strides, *dx_strides, plan.rows_per_split, plan.n_splits, eps, slope,
-        ONE_PASS=plan.one_pass, BLOCK_R=plan.block_r, **common)
-    if plan.one_pass:
-        return dx, dweight, dbias
-    # dx needs the sums at full precision (not rounded to the weight's dtype).
-    sums = torch.empty((2, C), device=x.device, dtype=acc_torch)
-    merge_block = min(triton.next_power_of_2(C), 1024)
-    _bn_grad_sums_merge_kernel[(triton.cdiv(C, merge_block),)](
-        part, sums[0], sums[1], C, plan.n_splits, ACC=acc, BLOCK_C=merge_block)
-    _bn_act_grad_input_kernel[(plan.c_blocks, triton.cdiv(R, plan.block_r))](
-        dy, x, dx, mean, var, weight, bias, sums[0], sums[1], dweight, dbias, R, C, S,
-        *dy_strides, *x_strides, *dx_strides, eps, slope, BLOCK_R=plan.block_r, **common)
-    return dx, dweight, dbias
+    with device_of(x):
+        outputs, launches = plan_backward(dy, x, weight, bias, mean, var, training, eps, act, slope)
+        run(launches)
+    return outputs
