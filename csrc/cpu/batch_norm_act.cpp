@@ -238,97 +238,115 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& x_in, const 
 // Backward
 // ---------------------------------------------------------------------------------------
 
-// One channel's values for the backward loops.
+// The per-channel inputs of the backward: statistics forward used, parameters, and R, the
+// rows each channel's sums run over.
+struct ChannelValues {
+  std::vector<double> mean, var, weight, bias;
+  double eps;
+  int64_t rows;
+};
+
+// One channel's values for the backward loops, from its statistics and its sums of dz and
+// dz * xhat (the mean terms of the training gradient; pass 0 before they are summed).
 template <typename opmath_t>
 struct ChannelGrad {
   opmath_t mean, invstd, scale, bias, mean_dz, mean_dz_xhat;
+
+  ChannelGrad() = default;
+  ChannelGrad(const ChannelValues& v, int64_t c, double sum_dz, double sum_dz_xhat) {
+    const double inv = 1.0 / std::sqrt(v.var[c] + v.eps);
+    mean = opmath_t(v.mean[c]), invstd = opmath_t(inv), scale = opmath_t(v.weight[c] * inv);
+    bias = opmath_t(v.bias[c]);
+    mean_dz = opmath_t(v.rows ? sum_dz / v.rows : 0.0), mean_dz_xhat = opmath_t(v.rows ? sum_dz_xhat / v.rows : 0.0);
+  }
 };
+
+// Rows layout: a group of channels at a time (rows_group_size), runs in memory order: the
+// sums, then dx while the group's x and dy are in cache (3N bytes). Fills dweight = sum
+// dz * xhat and dbias = sum dz.
+template <typename scalar_t, int act>
+void backward_rows(const Layout& L, const scalar_t* dy, const ChannelValues& v, at::opmath_type<scalar_t> slope,
+                   bool training, std::vector<double>& dweight, std::vector<double>& dbias, scalar_t* out) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const scalar_t* x = L.t.data_ptr<scalar_t>();
+  const int64_t N = L.N, C = L.C, S = L.S, k = rows_group_size(N, C, S, sizeof(scalar_t), 2);
+  const bool stream = L.t.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes;
+  const auto grad_run = training ? grad_input_run<scalar_t, opmath_t, act, true>
+                                 : grad_input_run<scalar_t, opmath_t, act, false>;
+  at::parallel_for(0, (C + k - 1) / k, grain(k * N * S), [&, x, dy, out, slope](int64_t g0, int64_t g1) {
+    opmath_t x_buf[kChunk], dy_buf[kChunk];
+    std::vector<LaneSum<opmath_t>> sum_dz(k), sum_dz_xmu(k);
+    std::vector<ChannelGrad<opmath_t>> e(k);
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t c0 = g * k, c1 = std::min(C, c0 + k);
+      for (int64_t c = c0; c < c1; ++c)
+        e[c - c0] = ChannelGrad<opmath_t>(v, c, 0, 0), sum_dz[c - c0] = LaneSum<opmath_t>(),
+        sum_dz_xmu[c - c0] = LaneSum<opmath_t>();
+      for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
+        for (int64_t s0 = 0; s0 < S; s0 += kChunk) {
+          const int64_t len = std::min(kChunk, S - s0);
+          add_grad_terms<opmath_t, act>(as_opmath(x + run + s0, len, x_buf), as_opmath(dy + run + s0, len, dy_buf),
+                                        len, e[j].mean, e[j].scale, e[j].bias, slope, sum_dz[j], sum_dz_xmu[j]);
+        }
+      });
+      for (int64_t c = c0; c < c1; ++c) {
+        dbias[c] = sum_dz[c - c0].result();
+        dweight[c] = sum_dz_xmu[c - c0].result() * e[c - c0].invstd;
+        e[c - c0] = ChannelGrad<opmath_t>(v, c, dbias[c], dweight[c]);
+      }
+      for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
+        const auto& f = e[j];
+        write_run(out + run, S, stream, [&](scalar_t* dst, int64_t s0, int64_t n) {
+          grad_run(x + run + s0, dy + run + s0, dst, n, f.mean, f.invstd, f.scale, f.bias, slope, f.mean_dz,
+                   f.mean_dz_xhat);
+        });
+      });
+    }
+    if (stream) stream_fence();
+  });
+}
+
+// Channels layout: per-channel sums over fixed row blocks, added in block order, then dx
+// row by row. Per-channel values as separate arrays, so the loops over channels vectorize.
+template <typename scalar_t, int act>
+void backward_channels(const Layout& L, const scalar_t* dy, const ChannelValues& v, at::opmath_type<scalar_t> slope,
+                       bool training, std::vector<double>& dweight, std::vector<double>& dbias, scalar_t* out) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const scalar_t* x = L.t.data_ptr<scalar_t>();
+  const int64_t C = L.C, R = L.N * L.S;
+  std::vector<opmath_t> mean(C), invstd(C), scale(C), bias(C), mean_dz(C), mean_dzx(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const ChannelGrad<opmath_t> e(v, c, 0, 0);
+    mean[c] = e.mean, invstd[c] = e.invstd, scale[c] = e.scale, bias[c] = e.bias;
+  }
+  channel_grad_sums_rows<scalar_t, opmath_t, act>(x, dy, R, C, mean.data(), scale.data(), bias.data(), slope,
+                                                  dbias.data(), dweight.data());
+  for (int64_t c = 0; c < C; ++c) {
+    dweight[c] *= invstd[c];
+    const ChannelGrad<opmath_t> e(v, c, dbias[c], dweight[c]);
+    mean_dz[c] = e.mean_dz, mean_dzx[c] = e.mean_dz_xhat;
+  }
+  at::parallel_for(0, R, grain(C), [&, x, dy, out, slope](int64_t r0, int64_t r1) {
+    grad_input_rows<scalar_t, opmath_t, act>(x, dy, out, r0, r1, C, mean.data(), invstd.data(), scale.data(),
+                                             bias.data(), mean_dz.data(), mean_dzx.data(), slope, training);
+  });
+}
 
 std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, const Tensor& x_in, const Tensor& weight,
                                                        const Tensor& bias, const Tensor& mean_t, const Tensor& var_t,
-                                                       bool training, double eps, int64_t act, double slope_d) {
+                                                       bool training, double eps, int64_t act, double slope) {
   check_bn_act_backward(dy_in, x_in);
   const Layout L = layout_of(x_in);
   const Tensor dy_t = in_layout(dy_in.to(x_in.scalar_type()), L);
   Tensor dx = at::empty_like(L.t);
-  const int64_t N = L.N, C = L.C, S = L.S, R = N * S;
-  const std::vector<double> w = to_vector(weight), b = to_vector(bias), mean_v = to_vector(mean_t),
-                            var_v = to_vector(var_t);
-  // dweight = sum dz * xhat, dbias = sum dz (double).
-  std::vector<double> dweight(C, 0.0), dbias(C, 0.0);
+  const ChannelValues v{to_vector(mean_t), to_vector(var_t), to_vector(weight), to_vector(bias), eps, L.N * L.S};
+  std::vector<double> dweight(L.C, 0.0), dbias(L.C, 0.0);  // sum dz * xhat, sum dz (double)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "bn_act_backward_cpu", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t* x = L.t.data_ptr<scalar_t>();
-    const scalar_t* dy = dy_t.data_ptr<scalar_t>();
-    scalar_t* out = dx.data_ptr<scalar_t>();
-    const opmath_t slope = static_cast<opmath_t>(slope_d);
+    const auto s = static_cast<at::opmath_type<scalar_t>>(slope);
     with_activation(act, [&](auto a) {
       constexpr int A = decltype(a)::value;
-      const auto element = [&](int64_t c) {
-        const double invstd = 1.0 / std::sqrt(var_v[c] + eps);
-        return ChannelGrad<opmath_t>{opmath_t(mean_v[c]), opmath_t(invstd), opmath_t(w[c] * invstd), opmath_t(b[c]),
-                                     opmath_t(R ? dbias[c] / R : 0.0), opmath_t(R ? dweight[c] / R : 0.0)};
-      };
-      if (!L.channels_fast) {
-        // A group of channels at a time (rows_group_size), runs in memory order: the sums,
-        // then dx while the group's x and dy are in cache (3N bytes).
-        const int64_t k = rows_group_size(N, C, S, sizeof(scalar_t), 2);
-        const bool stream = L.t.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes;
-        const auto grad_run = training ? grad_input_run<scalar_t, opmath_t, A, true>
-                                       : grad_input_run<scalar_t, opmath_t, A, false>;
-        at::parallel_for(0, (C + k - 1) / k, grain(k * N * S), [&, x, dy, out](int64_t g0, int64_t g1) {
-          opmath_t x_buf[kChunk], dy_buf[kChunk];
-          std::vector<LaneSum<opmath_t>> sum_dz(k), sum_dz_xmu(k);
-          std::vector<ChannelGrad<opmath_t>> e(k);
-          for (int64_t g = g0; g < g1; ++g) {
-            const int64_t c0 = g * k, c1 = std::min(C, c0 + k);
-            for (int64_t c = c0; c < c1; ++c)
-              e[c - c0] = element(c), sum_dz[c - c0] = LaneSum<opmath_t>(), sum_dz_xmu[c - c0] = LaneSum<opmath_t>();
-            for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
-              for (int64_t s0 = 0; s0 < S; s0 += kChunk) {
-                const int64_t len = std::min(kChunk, S - s0);
-                const opmath_t* xp = as_opmath(x + run + s0, len, x_buf);
-                const opmath_t* dyp = as_opmath(dy + run + s0, len, dy_buf);
-                add_grad_terms<opmath_t, A>(xp, dyp, len, e[j].mean, e[j].scale, e[j].bias, slope, sum_dz[j],
-                                            sum_dz_xmu[j]);
-              }
-            });
-            for (int64_t c = c0; c < c1; ++c) {
-              dbias[c] = sum_dz[c - c0].result();
-              dweight[c] = sum_dz_xmu[c - c0].result() * e[c - c0].invstd;
-              e[c - c0] = element(c);  // now with the channel's mean dz and mean dz*xhat
-            }
-            for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
-              const auto& f = e[j];
-              write_run(out + run, S, stream, [&](scalar_t* dst, int64_t s0, int64_t n) {
-                grad_run(x + run + s0, dy + run + s0, dst, n, f.mean, f.invstd, f.scale, f.bias, slope, f.mean_dz,
-                         f.mean_dz_xhat);
-              });
-            });
-          }
-          if (stream) stream_fence();
-        });
-        return;
-      }
-      // Channels layout: per-channel sums over fixed row blocks, added in block order.
-      // Per-channel values as separate arrays, so the loops over channels vectorize.
-      std::vector<opmath_t> mean(C), invstd(C), scale(C), bias(C), mean_dz(C), mean_dzx(C);
-      for (int64_t c = 0; c < C; ++c) {
-        const auto e = element(c);
-        mean[c] = e.mean, invstd[c] = e.invstd, scale[c] = e.scale, bias[c] = e.bias;
-      }
-      channel_grad_sums_rows<scalar_t, opmath_t, A>(x, dy, R, C, mean.data(), scale.data(), bias.data(), slope,
-                                                    dbias.data(), dweight.data());
-      for (int64_t c = 0; c < C; ++c) {
-        dweight[c] *= invstd[c];
-        const auto e = element(c);
-        mean_dz[c] = e.mean_dz, mean_dzx[c] = e.mean_dz_xhat;
-      }
-      at::parallel_for(0, R, grain(C),
-                       [&, x, dy, out, slope](int64_t r0, int64_t r1) {
-        grad_input_rows<scalar_t, opmath_t, A>(x, dy, out, r0, r1, C, mean.data(), invstd.data(), scale.data(),
-                                               bias.data(), mean_dz.data(), mean_dzx.data(), slope, training);
-      });
+      const auto run = L.channels_fast ? backward_channels<scalar_t, A> : backward_rows<scalar_t, A>;
+      run(L, dy_t.data_ptr<scalar_t>(), v, s, training, dweight, dbias, dx.data_ptr<scalar_t>());
     });
   });
   return {dx, from_vector(dweight, weight.options()), from_vector(dbias, bias.options())};
