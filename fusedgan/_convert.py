@@ -37,17 +37,8 @@ import logging
 
 from torch import nn
 
+from fusedgan import modules as fused_layers
 from fusedgan._backends import check_backend_name
-from fusedgan.modules import (
-    FusedBatchNorm,
-    FusedBNLeakyReLU,
-    FusedBNReLU,
-    FusedConvLeakyReLU,
-    FusedGroupNormLeakyReLU,
-    FusedGroupNormReLU,
-    FusedInstanceNormLeakyReLU,
-    FusedInstanceNormReLU,
-)
 
 __all__ = ["convert"]
 
@@ -84,39 +75,38 @@ _FRESH_OUTPUT = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTra
 
 def _fuse_pair(layer, activation, backend, sync=False, process_group=None, inplace=False):
     """(fused module, None) or (None, why the pair is left alone)."""
-    if type(layer) in _BATCH_NORMS:
-        if layer._forward_hooks or layer._forward_pre_hooks or activation._forward_hooks:
-            return None, "has forward hooks, which fusing would bypass"
-        sync_args = _sync_args(layer, sync, process_group)
-        if isinstance(activation, nn.ReLU):
-            fused = FusedBNReLU(layer.num_features, layer.eps, layer.momentum, layer.affine,
-                                layer.track_running_stats, backend=backend, **sync_args)
-        else:
-            fused = FusedBNLeakyReLU(layer.num_features, _slope(activation), layer.eps, layer.momentum, layer.affine,
-                                     layer.track_running_stats, backend=backend,
-                                     inplace=inplace and _slope(activation) > 0 and not sync_args["sync"], **sync_args)
-        return _take_state(fused, layer), None
     if layer._forward_hooks or layer._forward_pre_hooks or activation._forward_hooks:
         return None, "has forward hooks, which fusing would bypass"
     leaky = not isinstance(activation, nn.ReLU)
+    if type(layer) in _BATCH_NORMS:
+        sync_args = _sync_args(layer, sync, process_group)
+        if leaky:
+            fused = fused_layers.FusedBNLeakyReLU(
+                layer.num_features, _slope(activation), layer.eps, layer.momentum, layer.affine,
+                layer.track_running_stats, backend=backend,
+                inplace=inplace and _slope(activation) > 0 and not sync_args["sync"], **sync_args)
+        else:
+            fused = fused_layers.FusedBNReLU(layer.num_features, layer.eps, layer.momentum, layer.affine,
+                                             layer.track_running_stats, backend=backend, **sync_args)
+        return _take_state(fused, layer), None
     if type(layer) in _INSTANCE_NORMS:
         args = (layer.num_features, *((_slope(activation),) if leaky else ()), layer.eps, layer.momentum,
                 layer.affine, layer.track_running_stats)
-        cls = FusedInstanceNormLeakyReLU if leaky else FusedInstanceNormReLU
+        cls = fused_layers.FusedInstanceNormLeakyReLU if leaky else fused_layers.FusedInstanceNormReLU
         return _take_state(cls(*args, device="meta", backend=backend, spatial_dims=_INSTANCE_NORMS[type(layer)]),
                            layer), None
     if type(layer) is nn.GroupNorm:
         args = (layer.num_groups, layer.num_channels, *((_slope(activation),) if leaky else ()), layer.eps,
                 layer.affine)
-        cls = FusedGroupNormLeakyReLU if leaky else FusedGroupNormReLU
+        cls = fused_layers.FusedGroupNormLeakyReLU if leaky else fused_layers.FusedGroupNormReLU
         return _take_state(cls(*args, device="meta", backend=backend), layer), None
     if type(layer) is nn.Conv2d:
         if _slope(activation) < 0:
             return None, "LeakyReLU with a negative slope (the fused backward reads the mask off the output)"
-        fused = FusedConvLeakyReLU(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                                   layer.padding, layer.dilation, layer.groups, layer.bias is not None,
-                                   layer.padding_mode, negative_slope=_slope(activation), device="meta",
-                                   backend=backend)
+        fused = fused_layers.FusedConvLeakyReLU(
+            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+            layer.groups, layer.bias is not None, layer.padding_mode, negative_slope=_slope(activation),
+            device="meta", backend=backend)
         return _take_state(fused, layer), None
     return None, f"{type(layer).__name__} has no fused form"
 
@@ -167,10 +157,9 @@ def convert(module, *, backend="auto", inplace=False, return_report=False, sync_
             mode = " (inplace)" if getattr(fused, "inplace", False) else ""
             report.append((qualified, "fused", f"{type(layer).__name__} + {type(activation).__name__} -> "
                                               f"{type(fused).__name__}{mode}"))
-    fused_types = (FusedBatchNorm, FusedBNReLU, FusedBNLeakyReLU, FusedConvLeakyReLU, FusedGroupNormReLU,
-                   FusedGroupNormLeakyReLU, FusedInstanceNormReLU, FusedInstanceNormLeakyReLU)
+    fused_types = tuple(getattr(fused_layers, name) for name in fused_layers.__all__)
     for name, child in list(model.named_modules()):
-        if sync_batchnorm and isinstance(child, fused_types[:3]) and not child.sync:  # fused before: sync it now
+        if sync_batchnorm and isinstance(child, fused_layers._FusedBatchNormAct) and not child.sync:  # sync it now
             child.sync, child.process_group = True, process_group
         if not isinstance(child, (nn.modules.batchnorm._BatchNorm, nn.Conv2d, *_UNFUSED_NORMS)) or \
                 isinstance(child, fused_types):
@@ -178,8 +167,9 @@ def convert(module, *, backend="auto", inplace=False, return_report=False, sync_
         if sync_batchnorm and type(child) in _BATCH_NORMS[:3] and not child._forward_hooks \
                 and not child._forward_pre_hooks:
             parent, _, attr = name.rpartition(".")
-            lone = FusedBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                  child.track_running_stats, backend=backend, sync=True, process_group=process_group)
+            lone = fused_layers.FusedBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                               child.track_running_stats, backend=backend, sync=True,
+                                               process_group=process_group)
             setattr(model.get_submodule(parent), attr, _take_state(lone, child))
             report = [r for r in report if r[0] != name]
             report.append((name, "fused", f"{type(child).__name__} -> FusedBatchNorm (sync_batchnorm=True)"))

@@ -34,6 +34,30 @@ def first_order_only(reason):
     return decorate
 
 
+def _norm_act_forward(ctx, family, x, weight, bias, forward_args, backward_args, backend):
+    """The forward of a normalization + activation Function: the backend's `family`_forward
+    op; saves the input, the parameters and the statistics (never the pre-activation)."""
+    ops = backend_module(backend)
+    y, mean, var = getattr(ops, f"{family}_forward")(x, weight, bias, *forward_args)
+    ctx.save_for_backward(x, weight, bias, mean, var)
+    ctx.config = (family, backward_args, ops)
+    ctx.mark_non_differentiable(mean, var)
+    return y, mean, var
+
+
+def _norm_act_backward(ctx, dy):
+    """(dx, dweight, dbias) from the backend's `family`_backward op. Under create_graph=True
+    (gradient penalties) the gradients must be differentiable themselves: the reference
+    formula in torch ops, which recomputes the statistics from x."""
+    x, weight, bias, mean, var = ctx.saved_tensors
+    family, args, ops = ctx.config
+    if torch.is_grad_enabled():
+        ops = reference
+    dx, dweight, dbias = getattr(ops, f"{family}_backward")(dy, x, weight, bias, mean, var, *args)
+    need = ctx.needs_input_grad
+    return dx if need[0] else None, dweight if need[1] else None, dbias if need[2] else None
+
+
 class BatchNormActFunction(torch.autograd.Function):
     """y = act(batch_norm(x)), with (y, mean, var) out and (dx, dweight, dbias) back.
 
@@ -48,25 +72,12 @@ class BatchNormActFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, var, training, eps, act, slope, backend):
-        ops = backend_module(backend)
-        y, mean, var = ops.bn_act_forward(x, weight, bias, mean, var, training, eps, act, slope)
-        ctx.save_for_backward(x, weight, bias, mean, var)
-        ctx.config = (training, eps, act, slope, ops)
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        return _norm_act_forward(ctx, "bn_act", x, weight, bias, (mean, var, training, eps, act, slope),
+                                 (training, eps, act, slope), backend)
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):
-        x, weight, bias, mean, var = ctx.saved_tensors
-        training, eps, act, slope, ops = ctx.config
-        if torch.is_grad_enabled():
-            # create_graph=True (gradient penalties): gradients that are differentiable
-            # themselves, the reference formula in torch ops.
-            ops = reference
-        dx, dweight, dbias = ops.bn_act_backward(dy, x, weight, bias, mean, var, training, eps, act, slope)
-        need = ctx.needs_input_grad
-        return (dx if need[0] else None, dweight if need[1] else None, dbias if need[2] else None,
-                None, None, None, None, None, None, None)
+        return _norm_act_backward(ctx, dy) + (None,) * 7
 
 
 class InPlaceBatchNormActFunction(torch.autograd.Function):
@@ -134,23 +145,12 @@ class GroupNormActFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups, eps, act, slope, backend):
-        ops = backend_module(backend)
-        y, mean, var = ops.gn_act_forward(x, weight, bias, groups, eps, act, slope)
-        ctx.save_for_backward(x, weight, bias, mean, var)
-        ctx.config = (groups, eps, act, slope, ops)
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        return _norm_act_forward(ctx, "gn_act", x, weight, bias, (groups, eps, act, slope), (groups, eps, act, slope),
+                                 backend)
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):
-        x, weight, bias, mean, var = ctx.saved_tensors
-        groups, eps, act, slope, ops = ctx.config
-        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients
-            ops = reference
-        dx, dweight, dbias = ops.gn_act_backward(dy, x, weight, bias, mean, var, groups, eps, act, slope)
-        need = ctx.needs_input_grad
-        return (dx if need[0] else None, dweight if need[1] else None, dbias if need[2] else None,
-                None, None, None, None, None)
+        return _norm_act_backward(ctx, dy) + (None,) * 5
 
 
 class Conv2dLeakyReLUFunction(torch.autograd.Function):

@@ -60,12 +60,50 @@ def _check_scalar(value, name, minimum=None):
 _NUMBER = (float, int)
 
 
+def _check_norm_arguments(input, running_mean, running_var, weight, bias, momentum, eps, activation, negative_slope,
+                          backend, needs_running=None):
+    """The checks the normalization functions share; returns the activation's code.
+    needs_running names the argument that makes the running statistics required (e.g.
+    "training=False") when it is given; momentum None is not checked (GroupNorm has none)."""
+    _check_input(input)
+    for tensor, name in ((running_mean, "running_mean"), (running_var, "running_var"),
+                         (weight, "weight"), (bias, "bias")):
+        _check_channel_tensor(tensor, name, input)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    if needs_running and running_mean is None:
+        raise ValueError(f"running_mean and running_var are required when {needs_running}")
+    act = activation_code(activation)
+    _check_scalar(eps, "eps", minimum=0)
+    _check_scalar(negative_slope, "negative_slope")
+    if momentum is not None and not isinstance(momentum, torch.Tensor):
+        _check_scalar(momentum, "momentum")
+    check_backend_name(backend)
+    return act
+
+
 def _uses_entry_op(input, backend):
     """Whether an eager call on `input` goes through a C++ entry op (fusedgan._extension):
     a non-empty input whose backend is a C++ one, outside torch.compile (which traces the
     Python path)."""
     return (input.numel() > 0 and not torch.compiler.is_compiling()
             and resolve_backend(check_backend_name(backend), input.device) in _extension.ENTRY_BACKENDS)
+
+
+def _stock_activation(z, act, negative_slope):
+    return F.relu(z) if act == RELU else F.leaky_relu(z, negative_slope) if act == LEAKY_RELU else z
+
+
+def _affine(weight, bias, input, dtype):
+    """(weight, bias), ones and zeros of `dtype` where None (dtype None: leave them None);
+    the two must share a dtype."""
+    C = input.shape[1]
+    if dtype is not None:
+        weight = torch.ones(C, device=input.device, dtype=dtype) if weight is None else weight
+        bias = torch.zeros(C, device=input.device, dtype=weight.dtype) if bias is None else bias
+    if weight is not None and bias is not None and weight.dtype != bias.dtype:
+        raise TypeError(f"weight and bias must have one dtype, got {weight.dtype} and {bias.dtype}")
+    return weight, bias
 
 
 def _update_running_stats(running_mean, running_var, mean, var, count, momentum):
@@ -107,20 +145,8 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
         # The C++ entry op checks every argument as below, with the same messages.
         return _extension.batch_norm_act(input, weight, bias, running_mean, running_var, None, bool(training),
                                          momentum, eps, activation_code(activation), negative_slope)
-    _check_input(input)
-    for tensor, name in ((running_mean, "running_mean"), (running_var, "running_var"),
-                         (weight, "weight"), (bias, "bias")):
-        _check_channel_tensor(tensor, name, input)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together (or both None)")
-    if not training and running_mean is None:
-        raise ValueError("running_mean and running_var are required when training=False")
-    act = activation_code(activation)
-    _check_scalar(eps, "eps", minimum=0)
-    _check_scalar(negative_slope, "negative_slope")
-    if not isinstance(momentum, torch.Tensor):
-        _check_scalar(momentum, "momentum")
-    check_backend_name(backend)
+    act = _check_norm_arguments(input, running_mean, running_var, weight, bias, momentum, eps, activation,
+                                negative_slope, backend, None if training else "training=False")
     if process_group is not None and not sync:
         raise ValueError("process_group is only used with sync=True")
     sync = bool(sync) and training and sync_group_size(process_group) > 1
@@ -142,18 +168,11 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     if name == "torch" and input.numel() and not (sync or inplace or torch.is_tensor(momentum)):
         # The reference backend's layer is the stock composition itself: stock's per-call cost,
         # stock's autograd (second order included) and stock's running-statistics update.
-        if weight is not None and bias is not None and weight.dtype != bias.dtype:
-            raise TypeError(f"weight and bias must have one dtype, got {weight.dtype} and {bias.dtype}")
-        z = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-        return F.relu(z) if act == RELU else F.leaky_relu(z, negative_slope) if act == LEAKY_RELU else z
+        _affine(weight, bias, input, None)
+        return _stock_activation(F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps),
+                                 act, negative_slope)
     slope = 1.0 if act == IDENTITY else float(negative_slope)
-    param_dtype = running_mean.dtype if running_mean is not None else input.dtype
-    if weight is None:
-        weight = torch.ones(C, device=input.device, dtype=param_dtype)
-    if bias is None:
-        bias = torch.zeros(C, device=input.device, dtype=weight.dtype)
-    if weight.dtype != bias.dtype:
-        raise TypeError(f"weight and bias must have one dtype, got {weight.dtype} and {bias.dtype}")
+    weight, bias = _affine(weight, bias, input, running_mean.dtype if running_mean is not None else input.dtype)
     if sync:
         output, mean, var, count = SyncBatchNormActFunction.apply(
             input, weight, bias, float(eps), act, slope, name, process_group)
@@ -169,20 +188,12 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     return output
 
 
-def _stock_activation(z, act, negative_slope):
-    return F.relu(z) if act == RELU else F.leaky_relu(z, negative_slope) if act == LEAKY_RELU else z
-
-
 def _group_norm_act(input, groups, weight, bias, eps, act, negative_slope, backend):
     """(y, mean, var) of act(group_norm(input)) on the backend that runs it; the arguments
     already checked."""
-    C = input.shape[1]
     name = "torch" if input.numel() == 0 else resolve_backend(backend, input.device, "gn_act")
     dtype = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
-    weight = torch.ones(C, device=input.device, dtype=dtype) if weight is None else weight
-    bias = torch.zeros(C, device=input.device, dtype=weight.dtype) if bias is None else bias
-    if weight.dtype != bias.dtype:
-        raise TypeError(f"weight and bias must have one dtype, got {weight.dtype} and {bias.dtype}")
+    weight, bias = _affine(weight, bias, input, dtype)
     slope = 1.0 if act == IDENTITY else float(negative_slope)
     return GroupNormActFunction.apply(input, weight, bias, groups, float(eps), act, slope, name)
 
@@ -192,17 +203,11 @@ def group_norm_act(input, num_groups, weight=None, bias=None, eps=1e-5, activati
     """act(group_norm(input, num_groups, weight, bias, eps)) in one fused op; the arguments
     of torch.nn.functional.group_norm. Statistics per (sample, group of C / num_groups
     channels); activation is "relu", "leaky_relu" (with negative_slope) or "identity"."""
-    _check_input(input)
+    act = _check_norm_arguments(input, None, None, weight, bias, None, eps, activation, negative_slope, backend)
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or \
             input.shape[1] % num_groups:
         raise ValueError(f"num_groups must be a positive int dividing the channels of input {tuple(input.shape)}, "
                          f"got {num_groups!r}")
-    for tensor, name in ((weight, "weight"), (bias, "bias")):
-        _check_channel_tensor(tensor, name, input)
-    act = activation_code(activation)
-    _check_scalar(eps, "eps", minimum=0)
-    _check_scalar(negative_slope, "negative_slope")
-    check_backend_name(backend)
     if input.shape[0] * input.shape[1] // num_groups * math.prod(input.shape[2:]) == 1:  # as stock
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
     if input.numel() and resolve_backend(backend, input.device, "gn_act") == "torch":
@@ -218,26 +223,14 @@ def instance_norm_act(input, running_mean=None, running_var=None, weight=None, b
     normalised by its own statistics (GroupNorm with one channel a group) and the running
     statistics, if given, move towards their average over the batch, as stock's do;
     otherwise the running statistics normalise (the BatchNorm eval kernels)."""
-    _check_input(input)
+    act = _check_norm_arguments(input, running_mean, running_var, weight, bias, momentum, eps, activation,
+                                negative_slope, backend, None if use_input_stats else "use_input_stats=False")
     if input.dim() < 3:
         raise ValueError(f"input must have shape (N, C, *) with at least one spatial dimension, got {input.dim()}D "
                          f"input of shape {tuple(input.shape)}")
-    for tensor, name in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"),
-                         (bias, "bias")):
-        _check_channel_tensor(tensor, name, input)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together (or both None)")
     if not use_input_stats:
-        if running_mean is None:
-            raise ValueError("running_mean and running_var are required when use_input_stats=False")
         return batch_norm_act(input, running_mean, running_var, weight, bias, False, momentum, eps, activation,
                               negative_slope, backend=backend)
-    act = activation_code(activation)
-    _check_scalar(eps, "eps", minimum=0)
-    _check_scalar(negative_slope, "negative_slope")
-    if not isinstance(momentum, torch.Tensor):
-        _check_scalar(momentum, "momentum")
-    check_backend_name(backend)
     S = math.prod(input.shape[2:])
     if S == 1:
         raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")

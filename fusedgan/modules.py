@@ -14,6 +14,19 @@ __all__ = ["FusedBatchNorm", "FusedBNReLU", "FusedBNLeakyReLU", "FusedConvLeakyR
            "FusedGroupNormLeakyReLU", "FusedInstanceNormReLU", "FusedInstanceNormLeakyReLU"]
 
 
+class _Leaky:
+    """The LeakyReLU forms of the fused layers: negative_slope kept and shown as stock's."""
+
+    activation = "leaky_relu"
+    _act = activation_code(activation)
+
+    def _negative_slope(self):
+        return self.negative_slope
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
+
+
 class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
     """BatchNorm{1,2,3}d followed by an activation, for inputs (N, C, *) of rank 2 to 5.
 
@@ -102,11 +115,8 @@ class FusedBNReLU(_FusedBatchNormAct):
     """Drop-in for nn.Sequential(nn.BatchNorm2d(C), nn.ReLU()) (and the 1d/3d forms)."""
 
 
-class FusedBNLeakyReLU(_FusedBatchNormAct):
+class FusedBNLeakyReLU(_Leaky, _FusedBatchNormAct):
     """Drop-in for nn.Sequential(nn.BatchNorm2d(C), nn.LeakyReLU(negative_slope))."""
-
-    activation = "leaky_relu"
-    _act = activation_code(activation)
 
     def __init__(self, num_features, negative_slope=0.01, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, device=None, dtype=None, *, backend="auto", sync=False, process_group=None,
@@ -116,12 +126,6 @@ class FusedBNLeakyReLU(_FusedBatchNormAct):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, backend=backend,
                          sync=sync, process_group=process_group, inplace=inplace)
         self.negative_slope = negative_slope
-
-    def _negative_slope(self):
-        return self.negative_slope
-
-    def extra_repr(self):
-        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
 
 
 class _FusedGroupNormAct(nn.GroupNorm):
@@ -149,21 +153,13 @@ class FusedGroupNormReLU(_FusedGroupNormAct):
     """Drop-in for nn.Sequential(nn.GroupNorm(G, C), nn.ReLU())."""
 
 
-class FusedGroupNormLeakyReLU(_FusedGroupNormAct):
+class FusedGroupNormLeakyReLU(_Leaky, _FusedGroupNormAct):
     """Drop-in for nn.Sequential(nn.GroupNorm(G, C), nn.LeakyReLU(negative_slope))."""
-
-    activation = "leaky_relu"
 
     def __init__(self, num_groups, num_channels, negative_slope=0.01, eps=1e-5, affine=True, device=None,
                  dtype=None, *, backend="auto"):
         super().__init__(num_groups, num_channels, eps, affine, device, dtype, backend=backend)
         self.negative_slope = negative_slope
-
-    def _negative_slope(self):
-        return self.negative_slope
-
-    def extra_repr(self):
-        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
 
 
 class _FusedInstanceNormAct(nn.modules.instancenorm._InstanceNorm):
@@ -225,22 +221,14 @@ class FusedInstanceNormReLU(_FusedInstanceNormAct):
     """Drop-in for nn.Sequential(nn.InstanceNorm2d(C), nn.ReLU()) (and the 1d/3d forms)."""
 
 
-class FusedInstanceNormLeakyReLU(_FusedInstanceNormAct):
+class FusedInstanceNormLeakyReLU(_Leaky, _FusedInstanceNormAct):
     """Drop-in for nn.Sequential(nn.InstanceNorm2d(C), nn.LeakyReLU(negative_slope))."""
-
-    activation = "leaky_relu"
 
     def __init__(self, num_features, negative_slope=0.01, eps=1e-5, momentum=0.1, affine=False,
                  track_running_stats=False, device=None, dtype=None, *, backend="auto", spatial_dims=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, backend=backend,
                          spatial_dims=spatial_dims)
         self.negative_slope = negative_slope
-
-    def _negative_slope(self):
-        return self.negative_slope
-
-    def extra_repr(self):
-        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
 
 
 class FusedConvLeakyReLU(nn.Conv2d):

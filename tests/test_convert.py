@@ -138,11 +138,12 @@ def test_optimizer_built_before_convert_trains_the_converted_model():
     assert not torch.equal(running_mean, torch.zeros(4))  # the shared buffer was updated
 
 
-def test_unfused_norms_followed_by_activations_are_reported():
+def test_instance_and_group_norms_are_fused_and_other_norms_reported():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3),
                           nn.GroupNorm(2, 4), nn.LeakyReLU(0.2), nn.Flatten(), nn.LayerNorm(4), nn.ReLU())
-    _, report = fusedgan.convert(model, return_report=True)
-    reasons = {name: why for name, decision, why in report if decision == "left alone"}
-    assert reasons["1"] == "InstanceNorm2d + ReLU: not supported yet"
-    assert reasons["4"] == "GroupNorm + LeakyReLU: not supported yet"
-    assert reasons["7"] == "LayerNorm + ReLU: not supported yet"
+    converted, report = fusedgan.convert(model, return_report=True)
+    decisions = {name: (decision, why) for name, decision, why in report}
+    assert isinstance(converted[1], fusedgan.FusedInstanceNormReLU) and converted[1].spatial_dims == 2
+    assert isinstance(converted[4], fusedgan.FusedGroupNormLeakyReLU) and converted[4].negative_slope == 0.2
+    assert decisions["1"][0] == decisions["4"][0] == "fused"
+    assert decisions["7"] == ("left alone", "LayerNorm + ReLU: not supported yet")
