@@ -44,8 +44,8 @@ def _pytest(*args):
 
 
 # The benchmark suites (file, seconds of the benchmarks step each may take).
-BENCH_SUITES = [("test_bench_bn_act.py", 25), ("test_bench_conv.py", 15), ("test_bench_overhead.py", 12),
-                ("test_bench_dcgan.py", 18)]
+BENCH_SUITES = [("test_bench_bn_act.py", 22), ("test_bench_conv.py", 12), ("test_bench_overhead.py", 12),
+                ("test_bench_gn_act.py", 14), ("test_bench_dcgan.py", 15)]
 GPU_TEST_FILES = ["tests/test_batch_norm_act.py", "tests/test_conv_leaky_relu.py", "tests/test_second_order.py",
                   "tests/test_extension.py", "tests/test_module_contract.py", "tests/test_compile.py",
                   "tests/test_properties.py"]
@@ -80,7 +80,7 @@ def steps(out):
         Step("sanitizers", 80, _pytest("tests/test_gpu.py", "-k", "sanitizer"),
              "compute-sanitizer over small launches of every kernel",
              tests=["tests/test_gpu.py::test_compute_sanitizer"]),
-        Step("equivalence", 35, _pytest(*GPU_TEST_FILES, "-k", "cuda"),
+        Step("equivalence", 30, _pytest(*GPU_TEST_FILES, "-k", "cuda"),
              "the GPU selection of the equivalence and property tests",
              env={"FUSEDGAN_HYPOTHESIS_EXAMPLES": "20"}, tests=GPU_TEST_FILES),
         Step("benchmarks", sum(b for _, b in BENCH_SUITES),

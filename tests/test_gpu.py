@@ -187,18 +187,21 @@ def _gan_step(G, D, opt_g, opt_d, real, z):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_dcgan_training_step_in_a_cuda_graph(backend):
+@pytest.mark.parametrize("batch,img_size", [(16, 32), (128, 64)], ids=["one-pass", "tiled"])
+def test_dcgan_training_step_in_a_cuda_graph(backend, batch, img_size):
     """Capture G and D forward, backward and Adam steps in one CUDA graph (which fails on
-    any host synchronisation), replay it, and match eager steps on the same data."""
+    any host synchronisation), replay it, and match eager steps on the same data. At batch
+    16 and 32x32 every BatchNorm takes the one-pass path; at batch 128 and 64x64 the large
+    layers take the split (tiled) path with its merge kernels."""
     torch.manual_seed(0)
-    G, D, noise_shape = dcgan_models.build("dcgan", 100, 32, 3)
+    G, D, noise_shape = dcgan_models.build("dcgan", 100, img_size, 3)
     models = {}
     for name in ("graph", "eager"):
         g, d = (fusedgan.convert(copy.deepcopy(m), backend=backend).cuda() for m in (G, D))  # own parameters
         opts = [torch.optim.Adam(m.parameters(), 2e-4, betas=(0.5, 0.999), capturable=True) for m in (g, d)]
         models[name] = (g, d, *opts)
-    data = [(torch.rand(16, 3, 32, 32, device="cuda") * 2 - 1, torch.randn(16, *noise_shape, device="cuda"))
-            for _ in range(6)]
+    data = [(torch.rand(batch, 3, img_size, img_size, device="cuda") * 2 - 1,
+             torch.randn(batch, *noise_shape, device="cuda")) for _ in range(6)]
     g, d, opt_g, opt_d = models["graph"]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
