@@ -90,6 +90,13 @@ def _uses_entry_op(input, backend):
             and resolve_backend(check_backend_name(backend), input.device) in _extension.ENTRY_BACKENDS)
 
 
+def _stock_composition_fits(input, *channel_tensors):
+    """Whether the "torch" backend's layer can be the stock composition itself: a non-empty
+    input and contiguous (C,) tensors (stock's channels_last CPU backward reads a strided
+    weight as if contiguous, a wrong input gradient in torch 2.14; those take the reference)."""
+    return input.numel() > 0 and all(t is None or t.is_contiguous() for t in channel_tensors)
+
+
 def _stock_activation(z, act, negative_slope):
     return F.relu(z) if act == RELU else F.leaky_relu(z, negative_slope) if act == LEAKY_RELU else z
 
@@ -165,7 +172,8 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     # An empty batch takes the reference path (the kernels launch over rows): as stock, an
     # empty output and unchanged running statistics.
     name = "torch" if input.numel() == 0 else resolve_backend(backend, input.device)
-    if name == "torch" and input.numel() and not (sync or inplace or torch.is_tensor(momentum)):
+    if name == "torch" and not (sync or inplace or torch.is_tensor(momentum)) and \
+            _stock_composition_fits(input, weight, bias, running_mean, running_var):
         # The reference backend's layer is the stock composition itself: stock's per-call cost,
         # stock's autograd (second order included) and stock's running-statistics update.
         _affine(weight, bias, input, None)
@@ -210,7 +218,7 @@ def group_norm_act(input, num_groups, weight=None, bias=None, eps=1e-5, activati
                          f"got {num_groups!r}")
     if input.shape[0] * input.shape[1] // num_groups * math.prod(input.shape[2:]) == 1:  # as stock
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
-    if input.numel() and resolve_backend(backend, input.device, "gn_act") == "torch":
+    if resolve_backend(backend, input.device, "gn_act") == "torch" and _stock_composition_fits(input, weight, bias):
         # The reference backend's layer is the stock composition itself, as for BatchNorm.
         return _stock_activation(F.group_norm(input, num_groups, weight, bias, eps), act, negative_slope)
     return _group_norm_act(input, num_groups, weight, bias, eps, act, negative_slope, backend)[0]
@@ -234,8 +242,8 @@ def instance_norm_act(input, running_mean=None, running_var=None, weight=None, b
     S = math.prod(input.shape[2:])
     if S == 1:
         raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
-    if input.numel() and resolve_backend(backend, input.device, "gn_act") == "torch" and \
-            not isinstance(momentum, torch.Tensor):
+    if resolve_backend(backend, input.device, "gn_act") == "torch" and not isinstance(momentum, torch.Tensor) and \
+            _stock_composition_fits(input, weight, bias, running_mean, running_var):
         return _stock_activation(F.instance_norm(input, running_mean, running_var, weight, bias, True, momentum, eps),
                                  act, negative_slope)
     y, mean, var = _group_norm_act(input, input.shape[1], weight, bias, eps, act, negative_slope, backend)

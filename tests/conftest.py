@@ -1,7 +1,9 @@
-"""Test setup: Triton runs through its interpreter when no GPU is present.
+"""Test setup: Triton runs through its interpreter when no GPU is present, and every
+kernel's outputs start as NaN.
 
 TRITON_INTERPRET must be set before triton is imported (Triton reads it then), so it is set here,
-before any test module imports fusedgan.triton.
+before any test module imports fusedgan.triton. FUSEDGAN_POISON_OUTPUTS=1 makes the C++
+kernels fill their outputs with NaN before writing them (csrc/outputs.h reads it once).
 """
 
 import os
@@ -12,6 +14,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("FUSEDGAN_POISON_OUTPUTS", "1")
 
 from _helpers import DEVICE_BACKENDS  # noqa: E402
 

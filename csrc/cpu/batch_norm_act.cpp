@@ -216,7 +216,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& x_in, const 
                                                       int64_t act, double slope) {
   check_bn_act_forward(x_in, training, mean_in, var_in);
   const Layout L = layout_of(x_in);
-  Tensor y = at::empty_like(L.t);
+  Tensor y = new_output(L.t);
   const auto stats_options = x_in.options().dtype(stats_dtype(x_in));
   const std::vector<double> w = to_vector(weight), b = to_vector(bias);
   std::vector<double> mean = training ? std::vector<double>(L.C, 0.0) : to_vector(*mean_in);
@@ -338,7 +338,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cpu(const Tensor& dy_in, cons
   check_bn_act_backward(dy_in, x_in);
   const Layout L = layout_of(x_in);
   const Tensor dy_t = in_layout(dy_in.to(x_in.scalar_type()), L);
-  Tensor dx = at::empty_like(L.t);
+  Tensor dx = new_output(L.t);
   const ChannelValues v{to_vector(mean_t), to_vector(var_t), to_vector(weight), to_vector(bias), eps, L.N * L.S};
   std::vector<double> dweight(L.C, 0.0), dbias(L.C, 0.0);  // sum dz * xhat, sum dz (double)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "bn_act_backward_cpu", [&] {

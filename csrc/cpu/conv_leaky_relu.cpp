@@ -50,7 +50,7 @@ std::tuple<Tensor, Tensor> leaky_relu_grad_bias_cpu(const Tensor& dy_in, const T
   TORCH_CHECK(dy_in.sizes() == y_in.sizes(), "fusedgan::leaky_relu_grad_bias: grad and output shapes differ");
   const Layout L = layout_of(y_in);
   const Tensor dy_t = in_layout(dy_in.to(y_in.scalar_type()), L);
-  Tensor dz = at::empty_like(L.t);
+  Tensor dz = new_output(L.t);
   const int64_t N = L.N, C = L.C, S = L.S, R = N * S;
   std::vector<double> db(C, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y_in.scalar_type(), "leaky_relu_grad_bias_cpu", [&] {

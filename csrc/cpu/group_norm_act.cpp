@@ -102,7 +102,7 @@ std::tuple<Tensor, Tensor, Tensor> gn_act_forward_cpu(const Tensor& x_in, const 
                                                       int64_t groups, double eps, int64_t act, double slope) {
   check_gn_act(x_in, groups);
   const Layout L = layout_of(x_in);
-  Tensor y = at::empty_like(L.t);
+  Tensor y = new_output(L.t);
   std::vector<double> mean(L.N * groups, 0.0), var(L.N * groups, 0.0);
   const std::vector<double> w = to_vector(weight), b = to_vector(bias);
   if (L.S * L.C > 0) {
@@ -233,7 +233,7 @@ std::tuple<Tensor, Tensor, Tensor> gn_act_backward_cpu(const Tensor& dy_in, cons
   TORCH_CHECK(dy_in.sizes() == x_in.sizes(), "fusedgan::gn_act_backward: grad and input shapes differ");
   const Layout L = layout_of(x_in);
   const Tensor dy_t = in_layout(dy_in.to(x_in.scalar_type()), L);
-  Tensor dx = at::empty_like(L.t);
+  Tensor dx = new_output(L.t);
   const int64_t N = L.N, C = L.C;
   const std::vector<double> w = to_vector(weight), b = to_vector(bias);
   std::vector<GroupStats> stats = read_stats(mean, var, eps);

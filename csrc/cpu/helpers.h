@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "../outputs.h"
+
 namespace fusedgan {
 namespace {
 
@@ -27,7 +29,7 @@ std::vector<double> to_vector(const Tensor& t) {
 
 // A new (C,) tensor with `options` holding v (rounded to its dtype).
 Tensor from_vector(const std::vector<double>& v, const at::TensorOptions& options) {
-  Tensor t = at::empty({int64_t(v.size())}, options);
+  Tensor t = at::empty({int64_t(v.size())}, options);  // written whole below: nothing to poison
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "from_vector", [&] {
     scalar_t* p = t.data_ptr<scalar_t>();
     for (size_t i = 0; i < v.size(); ++i) p[i] = static_cast<scalar_t>(v[i]);
