@@ -15,13 +15,14 @@ Triton custom ops (fusedgan_triton::*). Each follows its backend's layout rule:
 
 import torch
 
+from fusedgan._dtypes import accumulation_dtype
 from fusedgan._layout import channel_view
 
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def _stats_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+    return accumulation_dtype(x.dtype)
 
 
 def _as_triton_reads(t):

@@ -6,7 +6,8 @@ import torch
 
 from fusedgan import reference
 from fusedgan._activation import IDENTITY
-from fusedgan._backends import backend_module
+from fusedgan._backends import backend_module, check_backend_name, resolve_backend
+from fusedgan._dtypes import accumulation_dtype
 
 
 def first_order_only(reason):
@@ -36,8 +37,10 @@ def first_order_only(reason):
 
 def _norm_act_forward(ctx, family, x, weight, bias, forward_args, backward_args, backend):
     """The forward of a normalization + activation Function: the backend's `family`_forward
-    op; saves the input, the parameters and the statistics (never the pre-activation)."""
-    ops = backend_module(backend)
+    op; saves the input, the parameters and the statistics (never the pre-activation).
+    backend is a backend name; "auto" is resolved for x's device, and a backend that cannot
+    run raises BackendUnavailableError, as in the functional forms."""
+    ops = backend_module(resolve_backend(check_backend_name(backend), x.device, family))
     y, mean, var = getattr(ops, f"{family}_forward")(x, weight, bias, *forward_args)
     ctx.save_for_backward(x, weight, bias, mean, var)
     ctx.config = (family, backward_args, ops)
@@ -97,7 +100,7 @@ class InPlaceBatchNormActFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, var, training, eps, act, slope, backend):
-        ops = backend_module(backend)
+        ops = backend_module(resolve_backend(check_backend_name(backend), x.device, "bn_act"))
         y, mean, var = ops.bn_act_forward(x, weight, bias, mean, var, training, eps, act, slope)
         zero = weight == 0
         zero_channels = x[:, zero].clone() if ctx.needs_input_grad[1] and bool(zero.any()) else None
@@ -115,7 +118,7 @@ class InPlaceBatchNormActFunction(torch.autograd.Function):
     def backward(ctx, dy, _dmean, _dvar):
         y, weight, bias, mean, var, zero, zero_channels = ctx.saved_tensors
         training, eps, act, slope = ctx.config
-        acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(y.dtype)
         shape, dims = (1, -1) + (1,) * (y.dim() - 2), [0] + list(range(2, y.dim()))
         z = y.to(acc)
         if act != IDENTITY:
@@ -166,7 +169,7 @@ class Conv2dLeakyReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups, slope, backend):
-        ops = backend_module(backend)
+        ops = backend_module(resolve_backend(check_backend_name(backend), x.device, "conv_act"))
         y = ops.conv_leaky_relu_forward(x, weight, bias, stride, padding, dilation, groups, slope)
         ctx.save_for_backward(x, weight, y)
         ctx.config = (stride, padding, dilation, groups, slope, ops, bias is not None)

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from fusedgan import reference
 from fusedgan._backends import backend_module
+from fusedgan._dtypes import accumulation_dtype
 from fusedgan.autograd import first_order_only
 
 
@@ -35,7 +36,7 @@ def sync_group_size(process_group):
 
 def _gather_stats(x, process_group):
     """(total count, mean, biased var) over every rank, as tensors on x's device."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(x.dtype)
     C = x.shape[1]
     count = x.numel() // C
     local = torch.zeros(2 * C + 1, device=x.device, dtype=acc)

@@ -82,12 +82,12 @@ def _check_norm_arguments(input, running_mean, running_var, weight, bias, moment
     return act
 
 
-def _uses_entry_op(input, backend):
+def _uses_entry_op(input, backend, family="bn_act"):
     """Whether an eager call on `input` goes through a C++ entry op (fusedgan._extension):
     a non-empty input whose backend is a C++ one, outside torch.compile (which traces the
     Python path)."""
     return (input.numel() > 0 and not torch.compiler.is_compiling()
-            and resolve_backend(check_backend_name(backend), input.device) in _extension.ENTRY_BACKENDS)
+            and resolve_backend(check_backend_name(backend), input.device, family) in _extension.ENTRY_BACKENDS)
 
 
 def _stock_composition_fits(input, *channel_tensors):
@@ -267,7 +267,7 @@ def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1,
     ReLU); the arguments of torch.nn.functional.conv2d, with zero padding."""
     if (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and type(groups) is int
             and type(negative_slope) in _NUMBER and not torch.is_autocast_enabled(input.device.type)
-            and _uses_entry_op(input, backend)):
+            and _uses_entry_op(input, backend, "conv_act")):
         # The C++ entry op checks every argument as below, with the same messages.
         return _extension.conv2d_leaky_relu(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
                                             _pair(dilation, "dilation"), groups, negative_slope)
@@ -308,6 +308,6 @@ def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1,
                              f"input {tuple(s + 2 * q for s, q in zip(input.shape[2:], padding))} along dim {axis + 2}")
     _check_scalar(negative_slope, "negative_slope", minimum=0)
     check_backend_name(backend)
-    name = "torch" if input.numel() == 0 else resolve_backend(backend, input.device)
+    name = "torch" if input.numel() == 0 else resolve_backend(backend, input.device, "conv_act")
     return Conv2dLeakyReLUFunction.apply(input, weight, bias, stride, padding, dilation, groups, float(negative_slope),
                                          name)

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from fusedgan._activation import LEAKY_RELU, RELU
+from fusedgan._dtypes import accumulation_dtype
 
 
 def _acc_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+    return accumulation_dtype(x.dtype)
 
 
 def _channel_shape(x):

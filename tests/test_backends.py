@@ -63,3 +63,18 @@ def test_python_m_fusedgan_reports_versions_and_backends():
     for name in ("triton", "cuda", "cpu", "torch"):
         assert f"  {name}" in out
     assert "torch   usable" in out
+
+
+def test_autograd_functions_take_any_backend_name():
+    """The exported Functions resolve "auto" themselves and reject names that are not backends."""
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    w, b = torch.ones(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    y, _, _ = fusedgan.BatchNormActFunction.apply(x, w, b, None, None, True, 1e-5, 1, 0.0, "auto")
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fusedgan.GroupNormActFunction.apply(x, w, b, 3, 1e-5, 1, 0.0, "gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailableError, match="runs on cuda tensors"):
+            fusedgan.Conv2dLeakyReLUFunction.apply(x, torch.randn(2, 3, 3, 3), None, (1, 1), (0, 0), (1, 1), 1, 0.2,
+                                                   "cuda")

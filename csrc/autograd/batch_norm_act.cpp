@@ -22,6 +22,7 @@
 
 #include "../bn_act_math.h"
 #include "../op_checks.h"
+#include "../outputs.h"
 #include "op_handle.h"
 
 namespace fusedgan {
@@ -36,8 +37,6 @@ using ForwardOp = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor
                                                      double, int64_t, double);
 using BackwardOp = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                                       const Tensor&, const Tensor&, bool, double, int64_t, double);
-
-at::ScalarType acc_dtype(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // (dx, dweight, dbias) written with differentiable ATen ops: the reference formula, with the
 // batch statistics recomputed from x when training so that their dependence on x is part

@@ -206,10 +206,6 @@ void forward_channels(const Layout& L, const std::vector<double>& w, const std::
   });
 }
 
-at::ScalarType stats_dtype(const Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                                                       const std::optional<Tensor>& mean_in,
                                                       const std::optional<Tensor>& var_in, bool training, double eps,
@@ -217,7 +213,7 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cpu(const Tensor& x_in, const 
   check_bn_act_forward(x_in, training, mean_in, var_in);
   const Layout L = layout_of(x_in);
   Tensor y = new_output(L.t);
-  const auto stats_options = x_in.options().dtype(stats_dtype(x_in));
+  const auto stats_options = x_in.options().dtype(acc_dtype(x_in));
   const std::vector<double> w = to_vector(weight), b = to_vector(bias);
   std::vector<double> mean = training ? std::vector<double>(L.C, 0.0) : to_vector(*mean_in);
   std::vector<double> var = training ? std::vector<double>(L.C, 0.0) : to_vector(*var_in);

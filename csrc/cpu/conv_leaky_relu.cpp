@@ -98,8 +98,7 @@ std::tuple<Tensor, Tensor> leaky_relu_grad_bias_cpu(const Tensor& dy_in, const T
     for (int64_t blk = 0; blk < blocks; ++blk)
       for (int64_t c = 0; c < C; ++c) db[c] += partial[blk * C + c];
   });
-  const auto acc_dtype = y_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  Tensor db_t = from_vector(has_bias ? db : std::vector<double>(), y_in.options().dtype(acc_dtype));
+  Tensor db_t = from_vector(has_bias ? db : std::vector<double>(), y_in.options().dtype(acc_dtype(y_in)));
   return {dz, db_t};
 }
 

@@ -115,7 +115,7 @@ std::tuple<Tensor, Tensor, Tensor> gn_act_forward_cpu(const Tensor& x_in, const 
       });
     });
   }
-  const auto options = x_in.options().dtype(x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const auto options = x_in.options().dtype(acc_dtype(x_in));
   return {y, from_vector(mean, options).view({L.N, groups}), from_vector(var, options).view({L.N, groups})};
 }
 
