@@ -35,23 +35,12 @@ def make_step(arch, provider, precision):
     opt_d = torch.optim.Adam(discriminator.parameters(), 2e-4, betas=(0.5, 0.999))
     if provider == "compile":
         generator, discriminator = torch.compile(generator), torch.compile(discriminator)
-    loss = torch.nn.BCEWithLogitsLoss()
     real = torch.rand(BATCH, 3, IMG, IMG, device=DEVICE) * 2 - 1
-    ones, zeros = torch.ones(BATCH, 1, device=DEVICE), torch.zeros(BATCH, 1, device=DEVICE)
-    autocast = dict(device_type=DEVICE.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    amp_dtype = torch.bfloat16 if precision == "bf16" else None
 
     def step():
-        with torch.autocast(**autocast):
-            fake = generator(torch.randn(BATCH, *noise_shape, device=DEVICE))
-            loss_d = loss(discriminator(real).float(), ones) + loss(discriminator(fake.detach()).float(), zeros)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        with torch.autocast(**autocast):
-            loss_g = loss(discriminator(fake).float(), ones)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        noise = torch.randn(BATCH, *noise_shape, device=DEVICE)
+        dcgan_models.gan_step(generator, discriminator, opt_g, opt_d, real, noise, amp_dtype=amp_dtype)
 
     return step
 

@@ -233,7 +233,6 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.D_raw.parameters(), 2e-4, betas=(0.5, 0.999))
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-        self.loss = nn.BCEWithLogitsLoss()
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
         self.order = torch.Generator().manual_seed(args.seed)  # the same batches on every rank
         self.noise = torch.Generator(device=device).manual_seed(args.seed + 1 + self.rank)
@@ -250,22 +249,8 @@ class Trainer:
     def step(self, real):
         if self.args.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        n = real.shape[0]
-        ones = torch.ones(n, 1, device=self.device, dtype=self.dtype)
-        zeros = torch.zeros_like(ones)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            fake = self.G(self.sample_noise(n))
-            loss_d = self.loss(self.D(real).to(self.dtype), ones) + \
-                self.loss(self.D(fake.detach()).to(self.dtype), zeros)
-        self.opt_d.zero_grad(set_to_none=True)
-        self.scaler.scale(loss_d).backward()
-        self.scaler.step(self.opt_d)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss_g = self.loss(self.D(fake).to(self.dtype), ones)
-        self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(loss_g).backward()
-        self.scaler.step(self.opt_g)
-        self.scaler.update()
+        loss_d, loss_g = dcgan_models.gan_step(self.G, self.D, self.opt_g, self.opt_d, real,
+                                               self.sample_noise(real.shape[0]), self.scaler, self.amp_dtype)
         return loss_d.item(), loss_g.item()
 
     def state(self, epoch, log):

@@ -11,6 +11,8 @@
   64x64, with the discriminator's final Sigmoid left out (the loss takes logits).
 """
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -106,3 +108,29 @@ def build(arch, latent_dim, img_size, channels):
     generator.apply(dcgan_init)
     discriminator.apply(dcgan_init)
     return generator, discriminator, noise_shape
+
+
+def gan_step(G, D, opt_g, opt_d, real, noise, scaler=None, amp_dtype=None, set_to_none=True):
+    """One step of the PyTorch DCGAN recipe: a D update on real and detached fake images, then
+    a G update, BCE with logits (in real's dtype, also under autocast). Returns the two
+    losses as tensors: nothing is read back to the host, so a CUDA graph can capture the step
+    (pass set_to_none=False there, and capturable optimizers). The example, its tests and the
+    DCGAN benchmark all train with this step."""
+    ones = torch.ones(real.shape[0], 1, device=real.device, dtype=real.dtype)
+    autocast = dict(device_type=real.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    scale = scaler.scale if scaler is not None else (lambda loss: loss)
+    with torch.autocast(**autocast):
+        fake = G(noise)
+        loss_d = F.binary_cross_entropy_with_logits(D(real).to(real.dtype), ones) + \
+            F.binary_cross_entropy_with_logits(D(fake.detach()).to(real.dtype), torch.zeros_like(ones))
+    opt_d.zero_grad(set_to_none=set_to_none)
+    scale(loss_d).backward()
+    scaler.step(opt_d) if scaler is not None else opt_d.step()
+    with torch.autocast(**autocast):
+        loss_g = F.binary_cross_entropy_with_logits(D(fake).to(real.dtype), ones)
+    opt_g.zero_grad(set_to_none=set_to_none)
+    scale(loss_g).backward()
+    scaler.step(opt_g) if scaler is not None else opt_g.step()
+    if scaler is not None:
+        scaler.update()
+    return loss_d.detach(), loss_g.detach()

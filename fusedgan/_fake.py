@@ -46,25 +46,46 @@ def _cpp_conv(x, weight, bias, stride, padding, dilation, groups, slope):
     return torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, groups)
 
 
+def _check(condition, message):
+    """The fakes check what the kernels check (csrc/op_checks.h), with the same messages, so a
+    traced call fails where an eager one would."""
+    if not condition:
+        raise RuntimeError(f"fusedgan::{message}")
+
+
+def _check_groups(x, groups):
+    _check(x.dim() >= 2, f"gn_act: input must be (N, C, *), got {x.dim()}D")
+    _check(groups >= 1 and x.shape[1] % groups == 0,
+           f"gn_act: groups ({groups}) must divide the channels ({x.shape[1]})")
+
+
 def fakes(backend):
     """{op name: fake implementation} for backend "triton" or "cpp"."""
     as_read = _as_triton_reads if backend == "triton" else _as_cpp_reads
 
     def bn_act_forward(x, weight, bias, mean, var, training, eps, act, slope):
+        _check(x.dim() >= 2, f"bn_act_forward: input must be (N, C, *), got {x.dim()}D")
+        _check(training or (mean is not None and var is not None),
+               "bn_act_forward: running mean and var are required when not training")
         stats = x.new_empty(x.shape[1], dtype=_stats_dtype(x))
         return torch.empty_like(as_read(x)), stats, torch.empty_like(stats)
 
     def bn_act_backward(dy, x, weight, bias, mean, var, training, eps, act, slope):
+        _check(dy.shape == x.shape, "bn_act_backward: grad and input shapes differ")
         return torch.empty_like(as_read(x)), torch.empty_like(weight), torch.empty_like(bias)
 
     def leaky_relu_grad_bias(dy, y, slope, has_bias):
+        _check(dy.shape == y.shape, "leaky_relu_grad_bias: grad and output shapes differ")
         return torch.empty_like(as_read(y)), y.new_empty(y.shape[1] if has_bias else 0, dtype=_stats_dtype(y))
 
     def gn_act_forward(x, weight, bias, groups, eps, act, slope):
+        _check_groups(x, groups)
         stats = x.new_empty((x.shape[0], groups), dtype=_stats_dtype(x))
         return torch.empty_like(as_read(x)), stats, torch.empty_like(stats)
 
     def gn_act_backward(dy, x, weight, bias, mean, var, groups, eps, act, slope):
+        _check_groups(x, groups)
+        _check(dy.shape == x.shape, "gn_act_backward: grad and input shapes differ")
         return torch.empty_like(as_read(x)), torch.empty_like(weight), torch.empty_like(bias)
 
     table = {"bn_act_forward": bn_act_forward, "bn_act_backward": bn_act_backward,

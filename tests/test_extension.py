@@ -187,3 +187,20 @@ def test_import_falls_back_with_one_warning_when_extension_cannot_load():
     assert "built against another torch" in message and "pip install --no-build-isolation -e ." in message
     assert auto == "torch"
     assert "could not be loaded" in status
+
+
+@needs_extension
+def test_fakes_check_their_inputs_as_the_kernels_do():
+    """Traced calls (fake tensors) fail where eager calls fail, with the kernels' messages."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, w = torch.randn(2, 4, 3, 3), torch.ones(4)
+    cases = [(torch.ops.fusedgan.bn_act_backward, (torch.randn(2, 4, 3, 2), x, w, w, w, w, True, 1e-5, 1, 0.0),
+              "grad and input shapes differ"),
+             (torch.ops.fusedgan.bn_act_forward, (x, w, w, None, None, False, 1e-5, 1, 0.0), "are required"),
+             (torch.ops.fusedgan.gn_act_forward, (x, w, w, 3, 1e-5, 1, 0.0), r"groups \(3\) must divide")]
+    for op, args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            op(*args)
+        with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
+            op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])

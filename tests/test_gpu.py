@@ -171,19 +171,8 @@ def test_conv_first_met_inside_a_cuda_graph_capture():
 
 
 def _gan_step(G, D, opt_g, opt_d, real, z):
-    """The example's step: one D update on real and detached fake, one G update."""
-    loss = nn.BCEWithLogitsLoss()
-    ones = torch.ones(real.shape[0], 1, device=real.device)
-    fake = G(z)
-    loss_d = loss(D(real), ones) + loss(D(fake.detach()), torch.zeros_like(ones))
-    opt_d.zero_grad(set_to_none=False)
-    loss_d.backward()
-    opt_d.step()
-    loss_g = loss(D(fake), ones)
-    opt_g.zero_grad(set_to_none=False)
-    loss_g.backward()
-    opt_g.step()
-    return loss_d.detach(), loss_g.detach()
+    """The example's step, its gradients kept between steps (a captured graph reuses them)."""
+    return dcgan_models.gan_step(G, D, opt_g, opt_d, real, z, set_to_none=False)
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
