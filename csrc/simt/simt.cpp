@@ -125,18 +125,18 @@ struct Thread {
   int line = 0;         // where it waits
   unsigned mask = 0;    // of the shuffle it waits at
   Context context;
-  std::unique_ptr<Stack> stack;
 };
 
 struct Warp {
-  int arrived = 0;
+  int arrived = 0, expected = 0;
   int line = 0;
-  unsigned mask = 0;
+  unsigned mask = 0, returned = 0;  // the mask of the shuffle waited at; lanes that returned
   std::uint64_t deposit[32] = {};
   std::uint64_t lanes[32] = {};  // the deposits of the last completed shuffle
 };
 
 constexpr std::size_t kSharedBytes = 48 << 10;  // CUDA's static shared memory per block
+constexpr long kParallelBlocks = 8;               // launches of fewer blocks run on the calling thread
 
 // splitmix64: the seed of each block's schedule.
 std::uint64_t mix(std::uint64_t z) {
@@ -153,6 +153,7 @@ struct Worker {
   const void* arg = nullptr;
   dim3 block_idx;
   std::vector<Thread> threads;
+  std::vector<std::unique_ptr<Stack>> stacks;  // threads[i] runs on stacks[i]; kept from block to block
   std::vector<Warp> warps;
   std::vector<int> ready;  // runnable threads; the scheduler takes them from the back
   std::uint64_t rng = 0;
@@ -165,7 +166,8 @@ struct Worker {
   std::string error;
 
   void run_block(dim3 idx, std::uint64_t seed);
-  void make_ready(std::vector<int> ids);
+  void ready_all();
+  void shuffle_ready_from(std::size_t begin);
   void resume(int id);
   void after_yield(Thread& t);
   std::string where(const Thread& t) const;
@@ -203,13 +205,19 @@ std::string Worker::where(const Thread& t) const {
   return out.str();
 }
 
-void Worker::make_ready(std::vector<int> ids) {
-  // Fisher-Yates from the block's generator: the order these threads will run in.
-  for (std::size_t i = ids.size(); i > 1; --i) {
+// Fisher-Yates over the threads made ready since `begin`, from the block's generator: the
+// order they will run in.
+void Worker::shuffle_ready_from(std::size_t begin) {
+  for (std::size_t i = ready.size() - begin; i > 1; --i) {
     rng = mix(rng);
-    std::swap(ids[i - 1], ids[rng % i]);
+    std::swap(ready[begin + i - 1], ready[begin + rng % i]);
   }
-  ready.insert(ready.begin(), ids.begin(), ids.end());
+}
+
+void Worker::ready_all() {
+  const std::size_t begin = ready.size();
+  for (int i = 0; i < int(threads.size()); ++i) ready.push_back(i);
+  shuffle_ready_from(begin);
 }
 
 void Worker::resume(int id) {
@@ -222,12 +230,12 @@ void Worker::after_yield(Thread& t) {
   const int n = int(threads.size());
   if (t.state == State::kDone) {
     ++done;
+    Warp& warp = warps[t.linear / 32];
+    warp.returned |= 1u << (t.linear % 32);
     if (barrier_arrived > 0)
       error = "a thread returned while others wait at __syncthreads on line " + std::to_string(barrier_line) + where(t);
-    const int lane = t.linear % 32;
-    if (warps[t.linear / 32].arrived > 0 && (warps[t.linear / 32].mask >> lane & 1))
-      error = "a thread returned while its warp waits for it at a shuffle on line " +
-              std::to_string(warps[t.linear / 32].line) + where(t);
+    if (warp.arrived > 0 && (warp.mask & warp.returned))
+      error = "a thread returned while its warp waits for it at a shuffle on line " + std::to_string(warp.line) + where(t);
     return;
   }
   if (t.state == State::kAtBarrier) {
@@ -244,9 +252,7 @@ void Worker::after_yield(Thread& t) {
     barrier_line = t.line;
     if (++barrier_arrived == n) {
       barrier_arrived = 0;
-      std::vector<int> all(n);
-      for (int i = 0; i < n; ++i) all[i] = i;
-      make_ready(std::move(all));
+      ready_all();
     }
     return;
   }
@@ -267,22 +273,18 @@ void Worker::after_yield(Thread& t) {
             std::to_string(t.line) + where(t);
     return;
   }
-  for (int lane = 0; lane < lanes; ++lane) {
-    if ((t.mask >> lane & 1) && threads[first + lane].state == State::kDone) {
-      error = "shuffle on line " + std::to_string(t.line) + " waits for lane " + std::to_string(lane) +
-              ", which returned" + where(t);
-      return;
-    }
+  if (t.mask & warp.returned) {
+    error = "shuffle on line " + std::to_string(t.line) + " waits for lanes that returned" + where(t);
+    return;
   }
-  warp.line = t.line;
-  warp.mask = t.mask;
-  if (++warp.arrived == __builtin_popcount(t.mask)) {
+  if (warp.arrived == 0) warp.line = t.line, warp.mask = t.mask, warp.expected = __builtin_popcount(t.mask);
+  if (++warp.arrived == warp.expected) {
     warp.arrived = 0;
     std::copy(warp.deposit, warp.deposit + 32, warp.lanes);
-    std::vector<int> ids;
+    const std::size_t begin = ready.size();
     for (int lane = 0; lane < lanes; ++lane)
-      if (t.mask >> lane & 1) ids.push_back(first + lane);
-    make_ready(std::move(ids));
+      if (t.mask >> lane & 1) ready.push_back(first + lane);
+    shuffle_ready_from(begin);
   }
 }
 
@@ -291,25 +293,22 @@ void Worker::run_block(dim3 idx, std::uint64_t seed) {
   const int n = int(b.x * b.y * b.z);
   block_idx = idx;
   rng = seed;
-  if (int(threads.size()) < n) threads.resize(n);
   threads.resize(n);
+  while (int(stacks.size()) < n) stacks.push_back(std::make_unique<Stack>());
   warps.assign((n + 31) / 32, Warp{});
   for (int i = 0; i < n; ++i) {
     Thread& t = threads[i];
     t.idx = dim3(i % b.x, i / b.x % b.y, i / (b.x * b.y));
     t.linear = i;
     t.state = State::kReady;
-    if (!t.stack) t.stack = std::make_unique<Stack>();
-    make_context(t.context, t.stack->bottom(), Stack::kSize, fiber_entry);
+    make_context(t.context, stacks[i]->bottom(), Stack::kSize, fiber_entry);
   }
   barrier_arrived = done = 0;
   std::memset(shared, 0xFF, shared_used);
   shared_used = 0;
   shared_sites.clear();
   ready.clear();
-  std::vector<int> all(n);
-  for (int i = 0; i < n; ++i) all[i] = i;
-  make_ready(std::move(all));
+  ready_all();
   while (!ready.empty() && error.empty()) {
     const int id = ready.back();
     ready.pop_back();
@@ -423,7 +422,10 @@ void launch(const Launch& config, void (*body)(const void*), const void* arg) {
   std::atomic<bool> failed{false};
   std::string error;
   std::mutex error_mutex;
-#pragma omp parallel
+  // Each OpenMP thread runs blocks on its own worker. A launch of a few blocks stays on the
+  // calling thread: waking a team costs more than those blocks, and on a busy machine a
+  // team waits for its slowest thread's next time slice.
+#pragma omp parallel if (blocks >= kParallelBlocks)
   {
     static thread_local std::unique_ptr<Worker> own;
     if (!own) own = std::make_unique<Worker>();
