@@ -138,7 +138,7 @@ __global__ void bn_grad_sums_kernel(dptr<const scalar_t> dy, dptr<const scalar_t
   const Coefficients<acc_t> k = active ? coefficients(mean[c], var[c], w[c], b[c], eps) : Coefficients<acc_t>{};
   Cursor<index_t> cur = first;
   Acc<acc_t, 2> s{{0, 0}};  // (sum of dz * xhat, sum of dz)
-  acc_t dz[ONE_PASS ? kItems : 1], xhat[ONE_PASS ? kItems : 1];
+  acc_t dz[ONE_PASS ? kItems : 1] = {}, xhat[ONE_PASS ? kItems : 1] = {};
   do {
     FUSEDGAN_UNROLL
     for (int i = 0; i < kItems; ++i) {

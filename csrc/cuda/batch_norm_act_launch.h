@@ -33,50 +33,49 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cuda(const Tensor& x_in, const
     using acc_t = at::opmath_type<scalar_t>;
     const auto opts = x_in.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     const Tensor w = weight.to(opts).contiguous(), b = bias.to(opts).contiguous();
-    bool done = false;
-    if (training) {
-      mean = poison(at::empty({x.C}, opts));
-      var = poison(at::empty({x.C}, opts));
-      if (x.t.numel() == 0) {
-        mean.zero_(), var.zero_();
-        return;
-      }
-      const Plan plan = plan_reduction(x, sms, {&x, &yv});
-      const Tensor part = plan.one_pass ? Tensor() : poison(at::empty({3, plan.n_splits, x.C}, opts));
+    const auto apply = [&] {  // y from mean and var: the elementwise pass
+      const Plan plan = plan_elementwise<scalar_t>(x, sms, {&x, &yv});
       with_index(plan, [&](auto index) {
         using index_t = decltype(index);
-        const auto run = [&](auto one_pass) {
-          launch<bn_stats_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
+        with_pack<scalar_t>(plan, [&](auto vec, auto pack_rows) {
+          launch<bn_apply_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
               plan.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<scalar_t>(y),
-              device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), device_ptr<acc_t>(mean),
-              device_ptr<acc_t>(var), optional_ptr<acc_t>(part), plan.rows<index_t>(), strides<index_t>(x),
-              strides<index_t>(yv), acc_t(eps), int(act), acc_t(slope));
-        };
-        plan.one_pass ? run(std::true_type{}) : run(std::false_type{});
+              device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var), device_ptr<const acc_t>(w),
+              device_ptr<const acc_t>(b), plan.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv),
+              acc_t(eps), int(act), acc_t(slope));
+        });
       });
-      if (plan.one_pass) {
-        done = true;
-      } else {
-        launch<bn_stats_merge_kernel<acc_t>>(dim3(unsigned(ceil_div(x.C, kThreads))), kThreads,
-                                             device_ptr<const acc_t>(part), device_ptr<acc_t>(mean),
-                                             device_ptr<acc_t>(var), x.C, plan.n_splits);
-      }
-    } else {
+    };
+    if (!training) {
       mean = mean_in->to(opts, false, /*copy=*/true).contiguous();
       var = var_in->to(opts, false, /*copy=*/true).contiguous();
+      if (x.t.numel() > 0) apply();
+      return;
     }
-    if (done || x.t.numel() == 0) return;
-    const Plan plan = plan_elementwise<scalar_t>(x, sms, {&x, &yv});
+    mean = poison(at::empty({x.C}, opts));
+    var = poison(at::empty({x.C}, opts));
+    if (x.t.numel() == 0) {
+      mean.zero_(), var.zero_();
+      return;
+    }
+    const Plan plan = plan_reduction(x, sms, {&x, &yv});
+    const Tensor part = plan.one_pass ? Tensor() : poison(at::empty({3, plan.n_splits, x.C}, opts));
     with_index(plan, [&](auto index) {
       using index_t = decltype(index);
-      with_pack<scalar_t>(plan, [&](auto vec, auto pack_rows) {
-        launch<bn_apply_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
+      const auto run = [&](auto one_pass) {
+        launch<bn_stats_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
             plan.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<scalar_t>(y),
-            device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var), device_ptr<const acc_t>(w),
-            device_ptr<const acc_t>(b), plan.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv), acc_t(eps),
+            device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), device_ptr<acc_t>(mean), device_ptr<acc_t>(var),
+            optional_ptr<acc_t>(part), plan.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv), acc_t(eps),
             int(act), acc_t(slope));
-      });
+      };
+      plan.one_pass ? run(std::true_type{}) : run(std::false_type{});
     });
+    if (plan.one_pass) return;  // y written too
+    launch<bn_stats_merge_kernel<acc_t>>(dim3(unsigned(ceil_div(x.C, kThreads))), kThreads,
+                                         device_ptr<const acc_t>(part), device_ptr<acc_t>(mean),
+                                         device_ptr<acc_t>(var), x.C, plan.n_splits);
+    apply();
   });
   return {y, mean, var};
 }

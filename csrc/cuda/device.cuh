@@ -153,7 +153,7 @@ FUSEDGAN_DEVICE void walk_rows(const Rows<index_t>& rows, Load load, Compute com
   Cursor<index_t> cur = rows.at(rows.split_begin() + rows.lane_r() * ROW_VEC);
   const Cursor<index_t> step = rows.at(rows.row_lanes() * ROW_VEC);
   while (cur.r < r_end) {
-    decltype(load(cur)) access[kUnroll];
+    decltype(load(cur)) access[kUnroll] = {};
     bool valid[kUnroll];
     FUSEDGAN_UNROLL
     for (int u = 0; u < kUnroll; ++u) {

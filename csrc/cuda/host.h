@@ -76,16 +76,18 @@ struct Plan {
   }
 };
 
-// int64 offsets unless every offset and row index a launch over `views` can form (with
-// margins for the rows past a split's end that cursors step to) fits in int32.
+// int64 offsets unless every offset and row index a launch over `views` can form fits in
+// int32. Margins: a split's end (split start + rows per split) is below 2R; a cursor steps
+// at most kItems steps of at most kThreads * 16 rows past it; channel indices of a block's
+// idle lanes reach below C + 32 lanes * 4 channels.
 bool needs_int64(std::initializer_list<const View*> views) {
   if (force_int64()) return true;
   int64_t bound = 0;
   for (const View* v : views) {
-    const int64_t offsets = (v->N + 1) * v->st.n + (v->S + 1) * v->st.s + (v->C + 512) * v->st.c;
-    bound = std::max({bound, offsets, 2 * v->rows() + kThreads * kItems * 16});
+    const int64_t offsets = v->N * v->st.n + v->S * v->st.s + (v->C + 128) * v->st.c;
+    bound = std::max({bound, offsets, 2 * v->rows() + kItems * kThreads * 16});
   }
-  return bound >= (int64_t(1) << 31) - 1;
+  return bound >= (int64_t(1) << 31);
 }
 
 // The row splits of a launch over p.c_blocks channel blocks: enough for `target_blocks`
