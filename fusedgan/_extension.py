@@ -33,18 +33,23 @@ def _has_kernel(op, dispatch_key):
 
 
 # Read once at import: why_unusable then stays plain Python, which torch.compile traces
-# without a graph break.
-_HAS_KERNELS = {key: _load_error is None and all(_has_kernel(op, key) for op in _OPS) for key in ("CPU", "CUDA")}
+# without a graph break. "cuda-sim" is the CUDA kernels emulated on the CPU (csrc/simt/), in
+# their own op namespace.
+_HAS_KERNELS = {backend: _load_error is None and all(_has_kernel(op, key) for op in _OPS)
+                for backend, key in (("cpu", "CPU"), ("cuda", "CUDA"))}
+_HAS_KERNELS["cuda-sim"] = _load_error is None and all(
+    torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedgan_sim::{op}", "CPU") for op in _OPS)
 _CPU_LACKS_AVX2 = torch.backends.cpu.get_cpu_capability() == "DEFAULT"
 
 
 def why_unusable(backend):
     if _load_error is not None:
         return f"{_load_error}; to fix, {_FIX}"
-    if backend == "cpu" and _CPU_LACKS_AVX2:
+    if backend in ("cpu", "cuda-sim") and _CPU_LACKS_AVX2:
         return "the C++ CPU kernels are built for x86-64 with AVX2/FMA, which this processor lacks"
-    key = "CUDA" if backend == "cuda" else "CPU"
-    if not _HAS_KERNELS[key]:
+    if not _HAS_KERNELS[backend]:
+        if backend == "cuda-sim":
+            return f"fusedgan._C was built without the emulated CUDA kernels (an older build); to fix, {_FIX}"
         return (f"fusedgan._C was built without {backend} kernels; rebuild with FUSEDGAN_BUILD_CUDA=1 "
                 "and nvcc on PATH (or CUDA_HOME set)")
     return None
@@ -53,23 +58,30 @@ def why_unusable(backend):
 if _load_error is None:
     for _op, _fake_op in _fake.fakes("cpp").items():
         torch.library.register_fake(f"fusedgan::{_op}")(_fake_op)
+    for _op, _fake_op in _fake.fakes("cuda-sim").items():
+        torch.library.register_fake(f"fusedgan_sim::{_op}")(_fake_op)
 
 
-def _leaky_relu_grad_bias(dy, y, slope, has_bias):
-    dz, db = torch.ops.fusedgan.leaky_relu_grad_bias(dy, y, slope, has_bias)
-    return dz, (db if has_bias else None)
+def _backend_ops(namespace):
+    """The backend object of an op namespace, built once so that torch.compile sees a plain global."""
+    ops = getattr(torch.ops, namespace)
+
+    def leaky_relu_grad_bias(dy, y, slope, has_bias):
+        dz, db = ops.leaky_relu_grad_bias(dy, y, slope, has_bias)
+        return dz, (db if has_bias else None)
+
+    backend = types.SimpleNamespace(**{op: getattr(ops, op) for op in _OPS})
+    backend.leaky_relu_grad_bias = leaky_relu_grad_bias
+    return backend
 
 
-# The backend object for "cpu" and "cuda" (the dispatcher picks the kernel by device),
-# built once so that torch.compile sees a plain global.
-_BACKEND = None
-if _load_error is None:
-    _BACKEND = types.SimpleNamespace(**{op: getattr(torch.ops.fusedgan, op) for op in _OPS})
-    _BACKEND.leaky_relu_grad_bias = _leaky_relu_grad_bias
+# "cpu" and "cuda" share one (the dispatcher picks the kernel by device).
+_BACKEND = _backend_ops("fusedgan") if _load_error is None else None
+_SIM_BACKEND = _backend_ops("fusedgan_sim") if _load_error is None and _HAS_KERNELS["cuda-sim"] else None
 
 
 def ops(backend):
-    return _BACKEND
+    return _SIM_BACKEND if backend == "cuda-sim" else _BACKEND
 
 
 # The eager entry ops (csrc/autograd/): checks, kernels, running statistics and backward

@@ -8,7 +8,8 @@ from torch import nn
 from fusedgan._backends import why_unusable
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-DEVICE_BACKENDS = [(d, b) for d in DEVICES for b in ("triton", "cuda", "cpu", "torch") if why_unusable(b, d) is None]
+DEVICE_BACKENDS = [(d, b) for d in DEVICES for b in ("triton", "cuda", "cpu", "torch", "cuda-sim")
+                   if why_unusable(b, d) is None]
 
 _STOCK_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 

@@ -17,9 +17,11 @@ needs_extension = pytest.mark.skipif(_extension._load_error is not None,
                                      reason=f"fusedgan._C is not built here: {_extension._load_error}")
 
 OPS = ("bn_act_forward", "bn_act_backward", "conv_leaky_relu_forward", "leaky_relu_grad_bias")
-# (op namespace, device): the C++ ops on every device; the Triton custom ops where Triton runs.
+# (op namespace, device): the C++ ops on every device; the Triton custom ops where Triton runs;
+# the emulated CUDA kernels on the CPU.
 OP_SETS = [pytest.param("fusedgan", d, marks=needs_extension, id=f"cpp-{d}") for d in DEVICES] + \
-    [pytest.param("fusedgan_triton", d, id=f"triton-{d}") for d in DEVICES if why_unusable("triton", d) is None]
+    [pytest.param("fusedgan_triton", d, id=f"triton-{d}") for d in DEVICES if why_unusable("triton", d) is None] + \
+    ([pytest.param("fusedgan_sim", "cpu", id="cuda-sim-cpu")] if why_unusable("cuda-sim", "cpu") is None else [])
 
 
 def _ops(namespace):
