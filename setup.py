@@ -1,5 +1,6 @@
-"""Builds fusedgan._C: the C++ CPU kernels always, the CUDA kernels when torch is a CUDA
-build and nvcc is found.
+"""Builds fusedgan._C: the C++ CPU kernels and the emulated CUDA kernels (backend "cuda-sim":
+the CUDA kernels compiled for the CPU, csrc/simt/) always, the CUDA kernels when torch is a
+CUDA build and nvcc is found.
 
 Environment switches:
   FUSEDGAN_BUILD_CUDA=0/1   force the CUDA kernels off / on (default: auto-detect)
@@ -62,7 +63,8 @@ def _extensions():
 
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
                + sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
-               + sorted(glob.glob(os.path.join(ROOT, "csrc", "autograd", "*.cpp")))]
+               + sorted(glob.glob(os.path.join(ROOT, "csrc", "autograd", "*.cpp")))
+               + sorted(glob.glob(os.path.join(ROOT, "csrc", "simt", "*.cpp")))]
     # -fopenmp: at::parallel_for is inline OpenMP code, serial without it. at::vec uses AVX2
     # only when CPU_CAPABILITY_AVX2 is defined (as ATen builds its own AVX2 kernels)
     # (fusedgan._extension refuses the cpu backend on a processor without them).

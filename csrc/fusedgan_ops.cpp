@@ -1,7 +1,9 @@
 // Op schemas of fusedgan._C. Importing the module registers them; the kernels register
-// themselves in cpu/ and cuda/, and Python adds fake (meta) implementations.
+// themselves in cpu/, cuda/ and simt/, and Python adds fake (meta) implementations.
 #include <Python.h>
 #include <torch/library.h>
+
+#include "op_schemas.h"
 
 extern "C" {
 // An empty Python module: `import fusedgan._C` loads this library and runs the
@@ -12,20 +14,12 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(fusedgan, m) {
-  // The eager entry of a BatchNorm + activation layer (csrc/autograd/batch_norm_act.cpp):
-  // checks, y = act(batch_norm(x)), the running-statistics update (running_mean,
-  // running_var and num_batches_tracked, when given and training) and the backward.
-  // momentum None is the cumulative average over num_batches_tracked.
-  m.def(
-      "batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-      "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, bool training, float? momentum, float eps, "
-      "int act, float slope) -> Tensor");
-  // The eager entry of a Conv2d + LeakyReLU layer (csrc/autograd/conv_leaky_relu.cpp):
-  // checks, leaky_relu(conv2d(x, weight, bias), slope) and the backward.
-  m.def(
-      "conv2d_leaky_relu(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
-      "int[2] dilation, int groups, float slope) -> Tensor");
+namespace fusedgan {
+
+// The backend ops: each backend's kernels for one layer's forward or backward step. Defined
+// in two namespaces: fusedgan (the C++ CPU and the CUDA kernels, by device) and fusedgan_sim
+// (the CUDA kernels emulated on CPU tensors, csrc/simt/).
+void define_backend_ops(torch::Library& m) {
   // y = act(batch_norm(x)). Returns (y, mean, var): the batch mean and biased variance
   // (fp32, fp64 for fp64 x) when training, else the given running ones.
   m.def(
@@ -52,4 +46,23 @@ TORCH_LIBRARY(fusedgan, m) {
   m.def(
       "gn_act_backward(Tensor dy, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor var, int groups, "
       "float eps, int act, float slope) -> (Tensor, Tensor, Tensor)");
+}
+
+}  // namespace fusedgan
+
+TORCH_LIBRARY(fusedgan, m) {
+  // The eager entry of a BatchNorm + activation layer (csrc/autograd/batch_norm_act.cpp):
+  // checks, y = act(batch_norm(x)), the running-statistics update (running_mean,
+  // running_var and num_batches_tracked, when given and training) and the backward.
+  // momentum None is the cumulative average over num_batches_tracked.
+  m.def(
+      "batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, bool training, float? momentum, float eps, "
+      "int act, float slope) -> Tensor");
+  // The eager entry of a Conv2d + LeakyReLU layer (csrc/autograd/conv_leaky_relu.cpp):
+  // checks, leaky_relu(conv2d(x, weight, bias), slope) and the backward.
+  m.def(
+      "conv2d_leaky_relu(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, float slope) -> Tensor");
+  fusedgan::define_backend_ops(m);
 }

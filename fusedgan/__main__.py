@@ -11,7 +11,7 @@ import sys
 import torch
 
 import fusedgan
-from fusedgan._ops import LAYERS
+from fusedgan._ops import FAMILIES, LAYERS
 
 
 def require(backends):
@@ -21,8 +21,8 @@ def require(backends):
 
     problems = [f"{name}: {why}" for name in backends if (why := why_unusable(name, "cuda"))]
     if "cuda" in backends and _extension._load_error is None:
-        problems += [f"fusedgan::{op} has no CUDA kernel" for op in _extension._OPS
-                     if not _extension._has_kernel(op, "CUDA")]
+        problems += [f"fusedgan._C has no CUDA kernels for {LAYERS[family]}" for family in FAMILIES
+                     if not _extension._HAS_KERNELS[(family, "cuda")]]
     return problems
 
 

@@ -1,9 +1,10 @@
-"""Which backend runs an op: "auto" | "triton" | "cuda" | "cpu" | "torch".
+"""Which backend runs an op: "auto" | "triton" | "cuda" | "cpu" | "torch" | "cuda-sim".
 
 A backend is a module with the same functions (bn_act_forward, bn_act_backward, ...).
 "auto" picks, by the tensor's device: CUDA tensors -> "cuda", else "triton", else
 "torch"; CPU tensors -> "cpu", else "torch". It never picks Triton on the CPU (only its
-interpreter runs there). FUSEDGAN_BACKEND overrides "auto" (read once, when a backend is
+interpreter runs there), nor "cuda-sim" (the CUDA kernels emulated on CPU tensors, to
+test them without a GPU: slow). FUSEDGAN_BACKEND overrides "auto" (read once, when a backend is
 first resolved: set it before the process starts). A backend asked for by name
 that cannot run raises BackendUnavailableError saying why and how to get it.
 """
@@ -15,7 +16,7 @@ import torch
 
 from fusedgan._ops import FAMILIES, LAYERS
 
-BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
+BACKENDS = ("auto", "triton", "cuda", "cpu", "torch", "cuda-sim")
 ENV_VAR = "FUSEDGAN_BACKEND"
 
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
@@ -76,6 +77,11 @@ def why_unusable(backend, device_type, family="bn_act"):
             return f"the {backend!r} backend runs on {backend} tensors, not {device_type} tensors"
         if backend == "cuda" and not torch.cuda.is_available():
             return "no CUDA GPU is available to this process"
+        return _extension().why_unusable(backend, family)
+    if backend == "cuda-sim":
+        if device_type != "cpu":
+            return (f"the 'cuda-sim' backend (the CUDA kernels emulated on the CPU, for tests) runs on cpu tensors, "
+                    f"not {device_type} tensors")
         return _extension().why_unusable(backend, family)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 

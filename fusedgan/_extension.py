@@ -15,7 +15,6 @@ import torch
 from fusedgan import _fake
 from fusedgan._ops import FAMILIES, LAYERS, OPS
 
-_OPS = OPS
 _FIX = ("reinstall fusedgan against the torch you run: pip install --no-build-isolation -e . "
         "(see README, 'Install')")
 
@@ -29,26 +28,26 @@ except ImportError as error:  # not built, or built against another torch
                   RuntimeWarning, stacklevel=2)
 
 
-def _has_kernel(op, dispatch_key):
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedgan::{op}", dispatch_key)
-
-
 # Read once at import: why_unusable then stays plain Python, which torch.compile traces
-# without a graph break.
-_HAS_KERNELS = {(family, key): _load_error is None and all(_has_kernel(op, key) for op in ops)
-                for family, ops in FAMILIES.items() for key in ("CPU", "CUDA")}
+# without a graph break. "cuda-sim" is the CUDA kernels emulated on the CPU (csrc/simt/), in
+# their own op namespace.
+_DISPATCH = {"cpu": ("fusedgan", "CPU"), "cuda": ("fusedgan", "CUDA"), "cuda-sim": ("fusedgan_sim", "CPU")}
+_HAS_KERNELS = {(family, backend): _load_error is None and all(
+    torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::{op}", key) for op in ops)
+    for family, ops in FAMILIES.items() for backend, (namespace, key) in _DISPATCH.items()}
 _CPU_LACKS_AVX2 = torch.backends.cpu.get_cpu_capability() == "DEFAULT"
 
 
 def why_unusable(backend, family="bn_act"):
     if _load_error is not None:
         return f"{_load_error}; to fix, {_FIX}"
-    if backend == "cpu" and _CPU_LACKS_AVX2:
+    if backend in ("cpu", "cuda-sim") and _CPU_LACKS_AVX2:
         return "the C++ CPU kernels are built for x86-64 with AVX2/FMA, which this processor lacks"
-    key = "CUDA" if backend == "cuda" else "CPU"
-    if _HAS_KERNELS[(family, key)]:
+    if _HAS_KERNELS[(family, backend)]:
         return None
-    if key == "CUDA" and not any(v for (_, k), v in _HAS_KERNELS.items() if k == "CUDA"):
+    if not any(_HAS_KERNELS[(f, backend)] for f in FAMILIES):
+        if backend == "cuda-sim":
+            return f"fusedgan._C was built without the emulated CUDA kernels (an older build); to fix, {_FIX}"
         return (f"fusedgan._C was built without {backend} kernels; rebuild with FUSEDGAN_BUILD_CUDA=1 "
                 "and nvcc on PATH (or CUDA_HOME set)")
     return f"fusedgan._C has no {backend} kernels for {LAYERS[family]} yet"
@@ -57,23 +56,31 @@ def why_unusable(backend, family="bn_act"):
 if _load_error is None:
     for _op, _fake_op in _fake.fakes("cpp").items():
         torch.library.register_fake(f"fusedgan::{_op}")(_fake_op)
+    for _op, _fake_op in _fake.fakes("cuda-sim").items():
+        torch.library.register_fake(f"fusedgan_sim::{_op}")(_fake_op)
 
 
-def _leaky_relu_grad_bias(dy, y, slope, has_bias):
-    dz, db = torch.ops.fusedgan.leaky_relu_grad_bias(dy, y, slope, has_bias)
-    return dz, (db if has_bias else None)
+def _backend_ops(backend):
+    """The backend object of a backend's op namespace (the ops it defines), built once so that
+    torch.compile sees a plain global."""
+    ops = getattr(torch.ops, _DISPATCH[backend][0])
+
+    def leaky_relu_grad_bias(dy, y, slope, has_bias):
+        dz, db = ops.leaky_relu_grad_bias(dy, y, slope, has_bias)
+        return dz, (db if has_bias else None)
+
+    table = types.SimpleNamespace(**{op: getattr(ops, op) for op in OPS if hasattr(ops, op)})
+    table.leaky_relu_grad_bias = leaky_relu_grad_bias
+    return table
 
 
-# The backend object for "cpu" and "cuda" (the dispatcher picks the kernel by device),
-# built once so that torch.compile sees a plain global.
-_BACKEND = None
-if _load_error is None:
-    _BACKEND = types.SimpleNamespace(**{op: getattr(torch.ops.fusedgan, op) for op in _OPS})
-    _BACKEND.leaky_relu_grad_bias = _leaky_relu_grad_bias
+# "cpu" and "cuda" share one (the dispatcher picks the kernel by device).
+_BACKEND = _backend_ops("cpu") if _load_error is None else None
+_SIM_BACKEND = _backend_ops("cuda-sim") if _load_error is None else None
 
 
 def ops(backend):
-    return _BACKEND
+    return _SIM_BACKEND if backend == "cuda-sim" else _BACKEND
 
 
 # The eager entry ops (csrc/autograd/): checks, kernels, running statistics and backward

@@ -2,9 +2,9 @@
 without computing anything, so torch.compile can trace the C++ ops (fusedgan::*) and the
 Triton custom ops (fusedgan_triton::*). Each follows its backend's layout rule:
 
-- the Triton kernels and the C++ CUDA kernels read an input in place when its spatial
-  dimensions can be walked with one stride, else a contiguous copy of it, and allocate
-  their outputs like that (channel_view);
+- the Triton kernels and the C++ CUDA kernels (also when emulated on CPU tensors) read an
+  input in place when its spatial dimensions can be walked with one stride, else a
+  contiguous copy of it, and allocate their outputs like that (channel_view);
 - the C++ CPU kernels read an input in place when it is contiguous or channels_last, else
   a contiguous copy, and allocate their outputs like that;
 - batch statistics, and the running statistics returned in eval, are fp32 (fp64 for fp64
@@ -60,8 +60,9 @@ def _check_groups(x, groups):
 
 
 def fakes(backend):
-    """{op name: fake implementation} for backend "triton" or "cpp"."""
-    as_read = _as_triton_reads if backend == "triton" else _as_cpp_reads
+    """{op name: fake implementation} for backend "triton", "cpp" (fusedgan::*, CPU or CUDA
+    kernels by device) or "cuda-sim" (fusedgan_sim::*: the CUDA launchers on CPU tensors)."""
+    as_read = _as_cpp_reads if backend == "cpp" else _as_triton_reads
 
     def bn_act_forward(x, weight, bias, mean, var, training, eps, act, slope):
         _check(x.dim() >= 2, f"bn_act_forward: input must be (N, C, *), got {x.dim()}D")

@@ -91,19 +91,21 @@ class InPlaceBatchNormActFunction(torch.autograd.Function):
     Backward inverts the activation (identity, or LeakyReLU with slope > 0: z = y, or y /
     slope where y < 0) and the affine map (xhat = (z - bias) / weight): weight keeps its
     standard meaning, so stock checkpoints load unchanged. Where a channel's weight is
-    exactly 0, y holds nothing of x, so forward keeps a copy of those channels' input (when
-    weight needs a gradient: a host read of whether any weight is 0; nothing is copied when
-    none is) and their dweight is exact too. The inversion costs precision where |bias / weight| is large:
-    xhat's error grows like unit roundoff * |z| / |weight|. Arguments as
-    BatchNormActFunction; returns (x, now holding y; mean; var).
+    exactly 0, y holds nothing of x, so when weight needs a gradient forward keeps those
+    channels' input (zeros elsewhere), and their dweight is exact too. That copy has x's
+    size: choosing or sizing it by whether any weight is 0 would read a value back to the
+    host, which no op may (CUDA graphs), and a channel's weight can become 0 at any step.
+    The inversion costs precision where |bias / weight| is large: xhat's error grows like
+    unit roundoff * |z| / |weight|. Arguments as BatchNormActFunction; returns (x, now
+    holding y; mean; var).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, var, training, eps, act, slope, backend):
         ops = backend_module(resolve_backend(check_backend_name(backend), x.device, "bn_act"))
         y, mean, var = ops.bn_act_forward(x, weight, bias, mean, var, training, eps, act, slope)
-        zero = weight == 0
-        zero_channels = x[:, zero].clone() if ctx.needs_input_grad[1] and bool(zero.any()) else None
+        zero = (weight == 0).view((1, -1) + (1,) * (x.dim() - 2))
+        zero_channels = torch.where(zero, x, 0) if ctx.needs_input_grad[1] else None
         x.copy_(y)
         del y
         ctx.mark_dirty(x)
@@ -125,9 +127,9 @@ class InPlaceBatchNormActFunction(torch.autograd.Function):
             z = torch.where(z < 0, z / slope, z)
         w, invstd = weight.to(acc), torch.rsqrt(var.to(acc) + eps)
         # A zero weight divides by 1 here; those channels' xhat comes from the saved input.
-        xhat = (z - bias.to(acc).view(shape)) / torch.where(zero, 1.0, w).view(shape)
+        xhat = (z - bias.to(acc).view(shape)) / torch.where(zero, 1.0, w.view(shape))
         if zero_channels is not None:
-            xhat[:, zero] = (zero_channels.to(acc) - mean.to(acc)[zero].view(shape)) * invstd[zero].view(shape)
+            xhat = torch.where(zero, (zero_channels.to(acc) - mean.to(acc).view(shape)) * invstd.view(shape), xhat)
         dz = reference.activation_grad(dy.to(acc), z, act, slope)
         sum_dz, sum_dz_xhat = dz.sum(dims), (dz * xhat).sum(dims)
         if training:

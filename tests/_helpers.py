@@ -12,7 +12,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 def device_backends(family="bn_act"):
     """Every (device, backend) pair that can run the layers of op `family` in this process."""
-    return [(d, b) for d in DEVICES for b in ("triton", "cuda", "cpu", "torch") if why_unusable(b, d, family) is None]
+    return [(d, b) for d in DEVICES for b in ("triton", "cuda", "cpu", "torch", "cuda-sim")
+            if why_unusable(b, d, family) is None]
 
 
 DEVICE_BACKENDS = device_backends()

@@ -28,6 +28,7 @@ from fusedgan._backends import why_unusable
 from fusedgan.triton import batch_norm_act as triton_bn
 
 FP32_TOL = 1e-5
+TOLERANCE = {torch.float32: FP32_TOL, torch.float64: 1e-12}
 
 
 def make_fused(C, activation, slope, backend, device, param_dtype=torch.float32, **kwargs):
@@ -121,15 +122,15 @@ def run_steps(module, stock, xs, grads, dtype, channels_last=False, make_input=N
             assert bn.num_batches_tracked.item() == bn_ref.num_batches_tracked.item()
 
 
-def assert_matches_fp64(fused, stock, shape, device, steps=2, channels_last=False, make_input=None):
+def assert_matches_fp64(fused, stock, shape, device, steps=2, channels_last=False, make_input=None,
+                        dtype=torch.float32):
     xs, grads = random_steps(shape, device, steps)
     for training, begin, end in ((True, 0, steps), (False, steps, steps + 1)):
-        results = run_steps(fused, stock, xs[begin:end], grads[begin:end], torch.float32, channels_last, make_input,
-                            training)
+        results = run_steps(fused, stock, xs[begin:end], grads[begin:end], dtype, channels_last, make_input, training)
         for what, actual, expected, *terms in results:
             assert torch.isfinite(actual).all(), f"{what}: non-finite values (an unwritten element?)"
             err = rel_err(actual, expected, *terms)
-            assert err < FP32_TOL, f"{what}: relative error {err:.2e}"
+            assert err < TOLERANCE[dtype], f"{what}: relative error {err:.2e}"
 
 
 def within_one_ulp(actual, expected):
@@ -174,7 +175,10 @@ def test_tiled_path_is_taken_by_the_large_shape():
         assert launches[0].constexprs["ONE_PASS"] and len(launches) == 1
 
 
-@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (3, 2, 90, 80), (2, 3, 4, 5, 3)], ids=str)
+CHANNELS_LAST_SHAPES = [(4, 6, 5, 7), (3, 2, 90, 80), (2, 3, 4, 5, 3)]
+
+
+@pytest.mark.parametrize("shape", CHANNELS_LAST_SHAPES, ids=str)
 def test_channels_last(device_backend, shape):
     device, backend = device_backend
     fused = make_fused(shape[1], "leaky_relu", 0.2, backend, device)
@@ -238,10 +242,66 @@ def test_strided_parameters_and_buffers(device_backend, channels_last):
             t.grad = None
 
 
+def _offset_by_one(x):
+    """x as a view starting one element into its storage: no aligned 16-byte packs."""
+    base = x.new_empty(x.numel() + 1)
+    base[1:] = x.flatten()
+    return base[1:].view(x.shape)
+
+
+# With the shapes above, these take every path of the kernels: one-pass and tiled with row
+# splits, vector packs along rows or channels and their one-element fallbacks
+# (tests/test_cuda_sim.py checks that they reach every CUDA kernel).
+PATH_CASES = {  # name -> (shape, channels_last, make_input)
+    "one-pass": ((4, 3, 5, 6), False, None),                      # a channel's slice in registers
+    "odd-spatial": ((3, 2, 91, 81), False, None),                 # tiled, H*W odd: one element per access
+    "channel-packs": ((5, 16, 17, 16), True, None),               # channels_last tiled: packs along channels
+    "n-c": ((2000, 8), False, None),                              # (N, C) tiled: packs along channels
+    "n-c-l": ((8, 3, 1000), False, None),                         # (N, C, L) tiled: packs along rows
+    "storage-offset": ((3, 2, 90, 80), False, _offset_by_one),    # misaligned: one element per access
+}
+
+
+@pytest.mark.parametrize("case", list(PATH_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_kernel_paths(device_backend, case, dtype):
+    device, backend = device_backend
+    shape, channels_last, make_input = PATH_CASES[case]
+    fused = make_fused(shape[1], "leaky_relu", 0.2, backend, device, param_dtype=dtype)
+    stock = as_stock_copy(fused, len(shape), "leaky_relu", 0.2)
+    assert_matches_fp64(fused, stock, shape, device, channels_last=channels_last, make_input=make_input, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (2, 3, 50, 50)], ids=str)  # one-pass; tiled
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_expanded_grad(device_backend, shape, channels_last):
+    """y.sum().backward() hands the layer an expanded gradient (every stride 0)."""
+    device, backend = device_backend
+    fused = make_fused(shape[1], "leaky_relu", 0.2, backend, device)
+    stock = as_stock_copy(fused, 4, "leaky_relu", 0.2)
+    x = random_input(shape, torch.float32, device, channels_last).requires_grad_()
+    x_ref = x.detach().double().requires_grad_()
+    fused(x).sum().backward()
+    stock(x_ref).sum().backward()
+    # dx = scale * (dz - mean(dz) - xhat * mean(dz * xhat)) cancels: measured against the
+    # size of its terms (docs/numerics.md), as are the sums dweight and dbias.
+    dims = [0, 2, 3]
+    var, mean = torch.var_mean(x_ref.detach(), dims, correction=0, keepdim=True)
+    xhat_terms = (x_ref.detach().abs() + mean.abs()) * torch.rsqrt(var + 1e-5)
+    scale = stock[0].weight.detach().abs().view(1, -1, 1, 1) * torch.rsqrt(var + 1e-5)
+    dx_terms = scale * (2 + xhat_terms * xhat_terms.mean(dims, keepdim=True))
+    assert rel_err(x.grad, x_ref.grad, dx_terms) < FP32_TOL
+    assert rel_err(fused.weight.grad, stock[0].weight.grad, xhat_terms.sum(dims)) < FP32_TOL
+    assert rel_err(fused.bias.grad, stock[0].bias.grad, torch.full_like(fused.bias.grad, x[:, 0].numel())) < FP32_TOL
+
+
+LOW_PRECISION_SHAPES = [(4, 6, 5, 7), (3, 2, 90, 80), (5, 16, 17, 16)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("param_dtype", ["fp32", "same"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (3, 2, 90, 80)], ids=str)
+@pytest.mark.parametrize("shape", LOW_PRECISION_SHAPES, ids=str)
 def test_low_precision_within_twice_stock_error(device_backend, dtype, param_dtype, channels_last, shape):
     device, backend = device_backend
     param_dtype = torch.float32 if param_dtype == "fp32" else dtype

@@ -29,6 +29,7 @@ ODD_SHAPES = [
     (4, 9, 5, 2, 2, 1, 2, 11, 12, True),    # kernel 5
     (3, 6, 3, 1, 2, 2, 2, 10, 9, True),     # dilation 2
     (7, 3, (3, 1), (1, 2), (1, 0), 1, 2, 8, 9, True),  # rectangular kernel and strides
+    (3, 8, 3, 1, 1, 1, 2, 48, 48, True),    # 4608 output positions a channel: dbias over row splits
 ]
 
 

@@ -12,14 +12,16 @@ from _helpers import DEVICES
 
 from fusedgan import _extension
 from fusedgan._backends import why_unusable
-from fusedgan._ops import OPS
+from fusedgan._ops import FAMILIES
 
 needs_extension = pytest.mark.skipif(_extension._load_error is not None,
                                      reason=f"fusedgan._C is not built here: {_extension._load_error}")
 
-# (op namespace, device): the C++ ops on every device; the Triton custom ops where Triton runs.
+# (op namespace, device): the C++ ops on every device; the Triton custom ops where Triton runs;
+# the emulated CUDA kernels on the CPU.
 OP_SETS = [pytest.param("fusedgan", d, marks=needs_extension, id=f"cpp-{d}") for d in DEVICES] + \
-    [pytest.param("fusedgan_triton", d, id=f"triton-{d}") for d in DEVICES if why_unusable("triton", d) is None]
+    [pytest.param("fusedgan_triton", d, id=f"triton-{d}") for d in DEVICES if why_unusable("triton", d) is None] + \
+    ([pytest.param("fusedgan_sim", "cpu", id="cuda-sim-cpu")] if why_unusable("cuda-sim", "cpu") is None else [])
 
 
 def _ops(namespace):
@@ -29,13 +31,14 @@ def _ops(namespace):
 
 
 @needs_extension
-def test_every_op_has_cpu_and_cuda_kernels():
-    for op in OPS:
-        assert _extension._has_kernel(op, "CPU")
+def test_every_op_has_cpu_cuda_and_emulated_kernels():
+    backends = ["cpu", "cuda-sim"]
     if torch.version.cuda is not None and os.environ.get("FUSEDGAN_BUILD_CUDA") != "0":
         # CI installs the CUDA build of torch and has nvcc: the CUDA kernels must be compiled in.
-        for op in OPS:
-            assert _extension._has_kernel(op, "CUDA"), f"fusedgan::{op} has no CUDA kernel"
+        backends.append("cuda")
+    for family in FAMILIES:
+        for backend in backends:
+            assert _extension._HAS_KERNELS[(family, backend)], f"fusedgan._C has no {backend} kernels for {family}"
 
 
 def _bn_args(device, dtype, channels_last, training):

@@ -1,8 +1,9 @@
 """GPU-only checks, skipped without CUDA (benchmarks/run_gpu.sh runs them on the device):
 tensors of more than 2^31 elements and grids of more than 65535 tiles, fp64 scalars kept
 in fp64, tensors on a device other than the current one, conv tuning inside a CUDA graph
-capture, a whole DCGAN training step captured in a CUDA graph, and compute-sanitizer's
-four tools over the kernels of both GPU backends."""
+capture, a whole DCGAN training step captured in a CUDA graph, a memory-saving
+discriminator step captured under sync debug mode "error", and compute-sanitizer's four
+tools over the kernels of both GPU backends."""
 
 import copy
 import os
@@ -216,6 +217,62 @@ def test_dcgan_training_step_in_a_cuda_graph(backend, batch, img_size):
     for m_graph, m_eager in zip(models["graph"][:2], models["eager"][:2]):
         for (name, a), b in zip(m_graph.state_dict().items(), m_eager.state_dict().values()):
             torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_memory_saving_discriminator_step_in_a_cuda_graph(backend):
+    """convert(D, memory_saving=True) (BatchNorm+LeakyReLU written over the convolutions'
+    outputs), with a channel whose weight is exactly 0: a discriminator step (forward,
+    backward, Adam) reads nothing back to the host, so it is captured in a CUDA graph under
+    torch.cuda.set_sync_debug_mode("error"), and replays match eager steps on the same data."""
+    torch.manual_seed(0)
+    _, D, _ = dcgan_models.build("dcgan", 100, 32, 3)
+    index = next(i for i, m in enumerate(D) if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        D[index].weight[5] = 0.0
+    models = {}
+    for name in ("graph", "eager"):
+        d = fusedgan.convert(copy.deepcopy(D), memory_saving=True, backend=backend).cuda()
+        assert any(getattr(m, "inplace", False) for m in d.modules())
+        models[name] = (d, torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999), capturable=True))
+    loss = nn.BCEWithLogitsLoss()
+    labels = torch.cat([torch.ones(16, 1), torch.zeros(16, 1)]).cuda()
+
+    def step(d, optimizer, images):
+        loss_d = loss(d(images).view(-1, 1), labels)
+        optimizer.zero_grad(set_to_none=False)
+        loss_d.backward()
+        optimizer.step()
+        return loss_d.detach()
+
+    data = [torch.rand(32, 3, 32, 32, device="cuda") * 2 - 1 for _ in range(6)]
+    d, optimizer = models["graph"]
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for images in data[:3]:
+                step(d, optimizer, images)
+        torch.cuda.current_stream().wait_stream(side)
+        static_images = data[3].clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_loss = step(d, optimizer, static_images)
+        graph_losses = []
+        for images in data[3:]:
+            static_images.copy_(images)
+            graph.replay()
+            graph_losses.append(static_loss.clone())
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    eager_losses = [step(*models["eager"], images) for images in data]
+    torch.cuda.synchronize()
+    torch.testing.assert_close(torch.stack(graph_losses), torch.stack(eager_losses[3:]), rtol=0, atol=1e-3)
+    for (name, a), b in zip(models["graph"][0].state_dict().items(), models["eager"][0].state_dict().values()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=1e-3, msg=name)
+    assert models["graph"][0][index].weight[5] != 0  # the zero weight got its gradient and moved
 
 
 def _sanitizer():

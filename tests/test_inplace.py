@@ -12,13 +12,18 @@ under 2u; stock computes xhat from the exact input and gets fp32 accuracy.
 """
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from _helpers import rel_err, stock_bn_act
+from _helpers import DEVICE_BACKENDS, rel_err, stock_bn_act
 from torch import nn
 
 import fusedgan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import dcgan_models  # noqa: E402
 
 FP32_TOL = 1e-5
 UNIT_ROUNDOFF = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
@@ -93,15 +98,20 @@ def test_inplace_half_precision(device_backend, dtype):
     assert rel_err(*got["grad weight"]) < 2 * UNIT_ROUNDOFF[dtype]
 
 
-def test_inplace_saves_only_the_output():
-    """Of the activation-sized tensors, autograd keeps the output alone (it is the input's storage)."""
+@pytest.mark.parametrize("weight", ["frozen", "learnable"])
+def test_inplace_saves_the_output(weight):
+    """Of the activation-sized tensors, autograd keeps the output (the input's storage) and,
+    when the weight needs a gradient, the input of the channels whose weight is 0 (zeros
+    elsewhere): sized as the input, as choosing channels would read the weight back to the host."""
     layer = fusedgan.FusedBNLeakyReLU(4, 0.2, inplace=True)
+    layer.weight.requires_grad_(weight == "learnable")
     x = torch.randn(2, 4, 8, 8, requires_grad=True) * 1
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         y = layer(x)
     big = {t.untyped_storage().data_ptr() for t in saved if t.numel() >= x.numel()}
-    assert big == {y.untyped_storage().data_ptr()} and y.data_ptr() == x.data_ptr()
+    assert y.untyped_storage().data_ptr() in big and y.data_ptr() == x.data_ptr()
+    assert len(big) == (2 if weight == "learnable" else 1)
 
 
 def test_inplace_errors():
@@ -141,3 +151,49 @@ def test_inplace_nan_and_empty_batch_as_stock():
     y.sum().backward()
     assert y.shape == empty.shape and empty.grad.shape == empty.shape
     torch.testing.assert_close(layer.running_mean, stock[0].running_mean, equal_nan=True)  # NaN in channel 0
+
+
+def _discriminator_step(D, optimizer, real):
+    """One discriminator update: BCE on real and (stand-in) fake images, backward, SGD step."""
+    loss = torch.nn.BCEWithLogitsLoss()
+    logits = D(torch.cat([real, torch.tanh(real.flip(0))]))
+    targets = torch.cat([torch.ones(len(real), 1), torch.zeros(len(real), 1)]).view_as(logits)
+    loss_d = loss(logits, targets)
+    optimizer.zero_grad(set_to_none=False)
+    loss_d.backward()
+    optimizer.step()
+    return loss_d.detach()
+
+
+@pytest.mark.parametrize("backend", sorted({b for d, b in DEVICE_BACKENDS if d == "cpu"}))
+def test_memory_saving_step_reads_nothing_back_to_the_host(monkeypatch, backend):
+    """On a GPU, reading a value back to the host synchronises and forbids CUDA graphs
+    (tests/test_gpu.py captures this step in one): here every such read raises. The
+    discriminator has a channel whose weight is exactly 0, which must still get its
+    exact gradient (against the stock model, in float64)."""
+    torch.manual_seed(0)
+    _, stock, _ = dcgan_models.build("dcgan", 100, 32, 3)
+    index = next(i for i, m in enumerate(stock) if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        stock[index].weight[5] = 0.0
+    stock = stock.double()
+    fused = fusedgan.convert(copy.deepcopy(stock), memory_saving=True, backend=backend)
+    assert any(getattr(m, "inplace", False) for m in fused.modules())
+    real = torch.rand(4, 3, 32, 32, dtype=torch.float64) * 2 - 1
+    stock_optimizer = torch.optim.SGD(stock.parameters(), lr=0.1)
+    fused_optimizer = torch.optim.SGD(fused.parameters(), lr=0.1)
+    expected = _discriminator_step(stock, stock_optimizer, real)
+
+    def host_read(*args):
+        raise AssertionError("a tensor's value was read back to the host")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    loss = _discriminator_step(fused, fused_optimizer, real)
+    monkeypatch.undo()
+    assert rel_err(loss, expected) < 1e-12
+    grads = [(p.grad, q.grad) for p, q in zip(fused.parameters(), stock.parameters())]
+    assert stock[index].weight.grad[5] != 0
+    assert rel_err(fused[index].weight.grad[5], stock[index].weight.grad[5]) < 1e-12
+    for ours, theirs in grads:
+        assert rel_err(ours, theirs) < 1e-10
