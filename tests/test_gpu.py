@@ -1,9 +1,9 @@
 """GPU-only checks, skipped without CUDA (benchmarks/run_gpu.sh runs them on the device):
 tensors of more than 2^31 elements and grids of more than 65535 tiles, fp64 scalars kept
-in fp64, tensors on a device other than the current one, conv tuning inside a CUDA graph
-capture, a whole DCGAN training step captured in a CUDA graph, a memory-saving
-discriminator step captured under sync debug mode "error", and compute-sanitizer's four
-tools over the kernels of both GPU backends."""
+in fp64 (BatchNorm, GroupNorm), tensors on a device other than the current one, conv
+tuning inside a CUDA graph capture, a whole DCGAN training step captured in a CUDA graph,
+a memory-saving discriminator step captured under sync debug mode "error", and
+compute-sanitizer's four tools over the kernels of both GPU backends."""
 
 import copy
 import os
@@ -111,6 +111,53 @@ def test_fp64_keeps_eps_and_slope_in_fp64(backend):
     for actual, expected in zip(ops.leaky_relu_grad_bias(dy, y, 0.1, True), reference.leaky_relu_grad_bias(dy, y, 0.1,
                                                                                                            True)):
         assert ((actual - expected).norm() / expected.norm()).item() < 1e-12
+
+
+GN_GPU_BACKENDS = [b for b in ("cuda", "triton") if torch.cuda.is_available() and
+                   why_unusable(b, "cuda", "gn_act") is None]
+
+
+@pytest.mark.parametrize("backend", GN_GPU_BACKENDS)
+def test_group_norm_fp64_scalars_and_more_than_2_31_elements(backend):
+    """GroupNorm/InstanceNorm: fp64 with eps and slope of 0.1 (which fp32 cannot represent)
+    to 1e-12 of the float64 reference, NCHW and channels_last; then bf16 tensors of more
+    than 2^31 elements (int64 offsets), channels_last with groups of two channels and NCHW
+    with one group, whose first and last samples (statistics are per sample) match stock's
+    on those samples alone."""
+    from fusedgan import reference
+
+    torch.manual_seed(0)
+    ops = backend_module(backend)
+    for shape, groups, channels_last in [((4, 16, 12, 12), 4, False), ((4, 16, 12, 12), 16, True), ((6, 32), 8, False),
+                                         ((2, 8, 128, 130), 2, False)]:
+        x = torch.randn(shape, device="cuda", dtype=torch.float64) * 0.3 + 0.1
+        x = x.to(memory_format=torch.channels_last) if channels_last else x
+        C = shape[1]
+        w, b = torch.rand(C, device="cuda", dtype=torch.float64) + 0.5, torch.randn(C, device="cuda",
+                                                                                     dtype=torch.float64)
+        dy = torch.randn_like(x)
+        ours = ops.gn_act_forward(x, w, b, groups, 0.1, 2, 0.1)
+        ref = reference.gn_act_forward(x, w, b, groups, 0.1, 2, 0.1)
+        ours += ops.gn_act_backward(dy, x, w, b, ours[1], ours[2], groups, 0.1, 2, 0.1)
+        ref += reference.gn_act_backward(dy, x, w, b, ref[1], ref[2], groups, 0.1, 2, 0.1)
+        for actual, expected in zip(ours, ref):
+            assert ((actual - expected).norm() / expected.norm()).item() < 1e-12
+    for shape, groups, memory_format in [((16, 64, 2048, 1024), 32, torch.channels_last),
+                                         ((33, 2, 8192, 4096), 1, torch.contiguous_format)]:
+        torch.cuda.empty_cache()
+        x = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=memory_format)
+        assert x.numel() >= 2 ** 31
+        layer = fusedgan.FusedGroupNormLeakyReLU(groups, shape[1], 0.2, backend=backend).cuda()
+        x.requires_grad_(True)
+        y = layer(x)
+        y.backward(torch.ones_like(y))
+        for i in (0, -1):
+            x_i = x[i:i + 1].detach().clone().requires_grad_()
+            y_i = torch.nn.functional.leaky_relu(torch.nn.functional.group_norm(x_i, groups), 0.2)
+            y_i.backward(torch.ones_like(y_i))
+            torch.testing.assert_close(y[i:i + 1], y_i)
+            torch.testing.assert_close(x.grad[i:i + 1], x_i.grad)
+        del x, y
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")

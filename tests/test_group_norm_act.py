@@ -19,7 +19,8 @@ from _helpers import GN_BACKENDS, rel_err
 from torch import nn
 
 import fusedgan
-from fusedgan import functional
+from fusedgan import functional, reference
+from fusedgan._layout import channel_view
 
 FLOOR = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
@@ -203,3 +204,59 @@ def test_results_are_bitwise_repeatable_across_thread_counts(device, backend):
     for memory_format, y, dx in results:
         first = next(r for r in results if r[0] == memory_format)
         assert torch.equal(y, first[1]) and torch.equal(dx, first[2])
+
+
+TRITON_DEVICES = [d for d, b in GN_BACKENDS if b == "triton"]
+# (shape, groups, layout): groups of 3 channels in position tiles and splits; 32 channels
+# a group in channel blocks; channels_last groups of two side by side; (N, C) with samples
+# sharing a program (and a partial last block); views read in place or copied.
+SPLIT_CASES = [((2, 6, 7, 9), 2, "nchw"), ((1, 32, 6), 1, "ncl"), ((2, 16, 5, 7), 8, "channels_last"),
+               ((37, 12), 3, "nc"), ((2, 6, 5, 7), 6, "channel_slice"), ((2, 4, 9, 10), 2, "transposed")]
+
+
+def _triton_input(shape, layout, dtype, device):
+    x = (torch.randn(shape, dtype=torch.float64, device=device) * 2 + 0.5).to(dtype)
+    if layout == "channels_last":
+        return x.to(memory_format=torch.channels_last)
+    if layout == "channel_slice":
+        return torch.cat([x, x], 1)[:, ::2]
+    return x.transpose(2, 3).contiguous().transpose(2, 3) if layout == "transposed" else x
+
+
+@pytest.mark.skipif(not TRITON_DEVICES, reason="Triton cannot run GroupNorm here")
+@pytest.mark.parametrize("shape,groups,layout", SPLIT_CASES, ids=[f"{c[2]}-g{c[1]}" for c in SPLIT_CASES])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_triton_split_path(monkeypatch, shape, groups, layout, dtype):
+    """The split path on small shapes, by lowering the plan's one-pass budget (to none) and
+    its tile (to 64 elements): several position tiles, splits, channel blocks of a group,
+    samples sharing a program; partial statistics and sums merged by the second kernels.
+    Against the reference on the same input (also with the gradient of y.sum(), an
+    expanded scalar), and bitwise the same run after run."""
+    from fusedgan.triton import group_norm_act as triton_gn
+
+    monkeypatch.setattr(triton_gn, "ONE_PASS_BUDGET", {False: (0, 0), True: (0, 0)})
+    monkeypatch.setattr(triton_gn, "SPLIT_TILE", 64)
+    device = TRITON_DEVICES[0]
+    x = _triton_input(shape, layout, dtype, device)
+    C = shape[1]
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    w, b = torch.rand(C, dtype=param_dtype, device=device) + 0.5, torch.randn(C, dtype=param_dtype, device=device)
+    read, _, strides = channel_view(x)
+    plan = triton_gn._plan(*channel_view(x)[1], groups, strides, True, triton_gn.acc_dtype(dtype)[0], x.device)
+    assert not plan.one_pass and (plan.n_parts > 1 or plan.block_n > 1)
+    floor = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    for repeat, dy in ((2, torch.randn(shape, dtype=torch.float64, device=device).to(dtype)),
+                       (1, torch.ones((), dtype=dtype, device=device).expand(shape))):
+        runs = []
+        for _ in range(repeat):
+            y, mean, var = triton_gn.gn_act_forward(x, w, b, groups, 1e-5, 2, 0.2)
+            runs.append([y, mean, var, *triton_gn.gn_act_backward(dy, x, w, b, mean, var, groups, 1e-5, 2, 0.2)])
+        assert all(torch.equal(first, again) for first, again in zip(runs[0], runs[-1]))
+        y_ref, mean_ref, var_ref = reference.gn_act_forward(x.double(), w.double(), b.double(), groups, 1e-5, 2, 0.2)
+        expected = [y_ref, mean_ref, var_ref, *reference.gn_act_backward(
+            dy.double(), x.double(), w.double(), b.double(), mean_ref, var_ref, groups, 1e-5, 2, 0.2)]
+        for name, ours, theirs in zip(["y", "mean", "var", "dx", "dweight", "dbias"], runs[0], expected):
+            # bf16 rounds y and dx; the statistics and dweight, dbias stay fp32.
+            tolerance = floor if name in ("y", "dx") or dtype != torch.bfloat16 else 1e-5
+            assert rel_err(ours, theirs) <= tolerance, name
+        assert runs[0][0].stride() == torch.empty_like(read).stride()

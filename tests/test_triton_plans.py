@@ -7,7 +7,8 @@ CUDA's limits (2^31 - 1 programs on axis 0, 65535 on axes 1 and 2), int32 offset
 exactly when every offset and index of a launch fits in them (int64 beyond), and an
 index bound that covers every tensor the launch touches. Also the planning decisions the
 interpreter cannot show: one program per channel block and row split for the conv's
-dbias, channel tiles for (N, C) inputs, and a conv tune key without the batch size.
+dbias, channel tiles for (N, C) inputs, a conv tune key without the batch size, and
+GroupNorm's one-pass and split plans.
 The int64 specialisation itself runs under the interpreter here, on small tensors.
 """
 
@@ -20,6 +21,7 @@ from fusedgan import reference
 from fusedgan.triton import _launch
 from fusedgan.triton import batch_norm_act as bn
 from fusedgan.triton import conv_leaky_relu as conv
+from fusedgan.triton import group_norm_act as gn
 
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
@@ -82,6 +84,59 @@ def test_batch_norm_launches_within_limits(shape, layout):
         _, launches = conv.plan_grad_bias(dy, x, 0.2, True)
         for launch in launches:
             check_launch(launch)
+
+
+def _groups(C):
+    """LayerNorm-like (one group), InstanceNorm (a channel a group), and groups of 2 and of
+    3 channels where C allows."""
+    return sorted({1, C} | {C // k for k in (2, 3) if C % k == 0})
+
+
+@pytest.mark.parametrize("shape,layout", list(_bn_cases()))
+def test_group_norm_launches_within_limits(shape, layout):
+    for dtype in (torch.bfloat16, torch.float64):
+        x = _meta(shape, dtype, "contiguous" if layout == "expanded_dy" else layout)
+        C = x.shape[1]
+        param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        w, b = (torch.empty(C, device="meta", dtype=param_dtype) for _ in range(2))
+        dy = torch.empty((), device="meta", dtype=dtype).expand(x.shape) if layout == "expanded_dy" else \
+            torch.empty_like(x)
+        for groups in _groups(C):
+            (_, mean, var), launches = gn.plan_forward(x, w, b, groups, 1e-5, 2, 0.2)
+            for launch in launches + gn.plan_backward(dy, x, w, b, mean, var, groups, 1e-5, 2, 0.2)[1]:
+                check_launch(launch)
+
+
+def test_group_norm_plans():
+    """One pass while a tile holds whole (sample, group) slices (forward up to 16384
+    elements, backward 8192; fp64 never), else the split path filling an H200 (up to 4
+    programs an SM); channels_last tiles span at least 8 channels, the split path's 64 (groups side
+    by side); small slices share a program between groups and samples."""
+    def plans(shape, groups, dtype=torch.float32, layout="contiguous"):
+        x = _meta(shape, dtype, layout)
+        params = [torch.empty(shape[1], device="meta") for _ in range(2)]
+        (_, mean, var), forward = gn.plan_forward(x, *params, groups, 1e-5, 2, 0.2)
+        return forward, gn.plan_backward(torch.empty_like(x), x, *params, mean, var, groups, 1e-5, 2, 0.2)[1]
+
+    forward, backward = plans((1, 64, 128, 128), 64)  # InstanceNorm, batch 1: 16384 a slice
+    assert [launch.kernel for launch in forward] == [gn._gn_stats_kernel] and forward[0].constexprs["ONE_PASS"]
+    assert forward[0].grid == (64,) and forward[0].constexprs["num_warps"] == 16
+    assert not backward[0].constexprs["ONE_PASS"] and backward[0].grid[0] == 64 * 8  # a program a tile of 2048
+    assert [launch.kernel for launch in backward] == [gn._gn_grad_sums_kernel, gn._gn_param_grads_kernel,
+                                                      gn._sum_splits_kernel, gn._gn_grad_input_kernel]
+    forward, backward = plans((1, 64, 64, 128), 64)  # 8192 a slice: one pass both ways, one sample: one launch
+    assert [launch.kernel for launch in forward + backward] == [gn._gn_stats_kernel, gn._gn_grad_sums_kernel]
+    assert backward[0].constexprs["ONE_PASS"] and backward[0].constexprs["FINAL"]
+    forward, backward = plans((2, 64, 8, 8), 64, layout="channels_last")
+    assert forward[0].constexprs["ONE_PASS"] and forward[0].constexprs["BLOCK_G"] >= 8
+    forward, backward = plans((2, 64, 128, 128), 32, layout="channels_last")
+    config = forward[0].constexprs
+    assert not config["ONE_PASS"] and config["BLOCK_G"] * config["BLOCK_CG"] == 64
+    forward, backward = plans((4096, 96), 3)  # (N, C): many samples a program
+    assert forward[0].constexprs["ONE_PASS"] and forward[0].constexprs["BLOCK_N"] > 1
+    assert forward[0].grid[0] * forward[0].constexprs["BLOCK_N"] >= 4096
+    forward, backward = plans((2, 32, 8, 8), 8, torch.float64)
+    assert not forward[0].constexprs["ONE_PASS"] and not backward[0].constexprs["ONE_PASS"]
 
 
 def test_big_tensors_index_in_int64_and_the_rest_in_int32():
@@ -174,7 +229,8 @@ def test_conv_does_not_tune_inside_a_cuda_graph_capture(monkeypatch):
                                                  ((6, 16, 5, 7), True), ((300, 6), False)], ids=str)
 def test_int64_offsets_give_the_int32_results(monkeypatch, shape, channels_last):
     """The int64 specialisation, run on small tensors by lowering the int32 limit: bit for
-    bit the results of int32 offsets, as the arithmetic is the same."""
+    bit the results of int32 offsets, as the arithmetic is the same (BatchNorm, the conv's
+    dbias, GroupNorm and InstanceNorm, the conv)."""
     x = torch.randn(shape, dtype=torch.float64).float()
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
@@ -189,6 +245,9 @@ def test_int64_offsets_give_the_int32_results(monkeypatch, shape, channels_last)
             y, mean, var = bn.bn_act_forward(x, w, b, rm, rv, training, 1e-5, 2, 0.2)
             results += [y, mean, var, *bn.bn_act_backward(dy, x, w, b, mean, var, training, 1e-5, 2, 0.2)]
         results += conv.leaky_relu_grad_bias(dy, x, 0.2, True)
+        for groups in (1, C):
+            y, mean, var = gn.gn_act_forward(x, w, b, groups, 1e-5, 2, 0.2)
+            results += [y, mean, var, *gn.gn_act_backward(dy, x, w, b, mean, var, groups, 1e-5, 2, 0.2)]
         if x.dim() == 4 and x.numel() < 10000:  # (the interpreter is slow)
             results.append(conv.conv_leaky_relu_forward(x, conv_w, conv_b, 1, 1, 1, 1, 0.2))
         return results

@@ -13,8 +13,10 @@ import torch
 from fusedgan import _fake
 from fusedgan.triton import batch_norm_act as _bn
 from fusedgan.triton import conv_leaky_relu as _conv
+from fusedgan.triton import group_norm_act as _gn
 
-__all__ = ["bn_act_forward", "bn_act_backward", "conv_leaky_relu_forward", "leaky_relu_grad_bias"]
+__all__ = ["bn_act_forward", "bn_act_backward", "conv_leaky_relu_forward", "leaky_relu_grad_bias", "gn_act_forward",
+           "gn_act_backward"]
 
 Tensor = torch.Tensor
 
@@ -46,11 +48,25 @@ def _leaky_relu_grad_bias_op(dy: Tensor, y: Tensor, slope: float, has_bias: bool
                                                 torch.float32))
 
 
+@torch.library.custom_op("fusedgan_triton::gn_act_forward", mutates_args=())
+def _gn_act_forward_op(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, act: int,
+                       slope: float) -> tuple[Tensor, Tensor, Tensor]:
+    return _gn.gn_act_forward(x, weight, bias, groups, eps, act, slope)
+
+
+@torch.library.custom_op("fusedgan_triton::gn_act_backward", mutates_args=())
+def _gn_act_backward_op(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor, groups: int,
+                        eps: float, act: int, slope: float) -> tuple[Tensor, Tensor, Tensor]:
+    return _gn.gn_act_backward(dy, x, weight, bias, mean, var, groups, eps, act, slope)
+
+
 _FAKES = _fake.fakes("triton")
 _bn_act_forward_op.register_fake(_FAKES["bn_act_forward"])
 _bn_act_backward_op.register_fake(_FAKES["bn_act_backward"])
 _conv_leaky_relu_forward_op.register_fake(_FAKES["conv_leaky_relu_forward"])
 _leaky_relu_grad_bias_op.register_fake(_FAKES["leaky_relu_grad_bias"])
+_gn_act_forward_op.register_fake(_FAKES["gn_act_forward"])
+_gn_act_backward_op.register_fake(_FAKES["gn_act_backward"])
 
 
 def bn_act_forward(x, weight, bias, mean, var, training, eps, act, slope):
@@ -77,3 +93,15 @@ def leaky_relu_grad_bias(dy, y, slope, has_bias):
         dz, db = _leaky_relu_grad_bias_op(dy, y, slope, has_bias)
         return dz, (db if has_bias else None)
     return _conv.leaky_relu_grad_bias(dy, y, slope, has_bias)
+
+
+def gn_act_forward(x, weight, bias, groups, eps, act, slope):
+    if torch.compiler.is_compiling():
+        return _gn_act_forward_op(x, weight, bias, groups, eps, act, slope)
+    return _gn.gn_act_forward(x, weight, bias, groups, eps, act, slope)
+
+
+def gn_act_backward(dy, x, weight, bias, mean, var, groups, eps, act, slope):
+    if torch.compiler.is_compiling():
+        return _gn_act_backward_op(dy, x, weight, bias, mean, var, groups, eps, act, slope)
+    return _gn.gn_act_backward(dy, x, weight, bias, mean, var, groups, eps, act, slope)

@@ -51,3 +51,12 @@ def device_of(t):
 def run(launches):
     for launch in launches:
         launch.kernel[launch.grid](*launch.args, **launch.constexprs)
+
+
+def plan_and_run(plan, x, *args):
+    """The outputs of plan(*args) (a launcher's planning function), its launches run, under
+    the device of x."""
+    with device_of(x):
+        outputs, launches = plan(*args)
+        run(launches)
+    return outputs

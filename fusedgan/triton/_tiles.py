@@ -1,4 +1,5 @@
-"""How the per-channel kernels (BatchNorm, the conv's dbias) walk an (N, C, *) tensor.
+"""How the per-channel kernels (BatchNorm, the conv's dbias) walk an (N, C, *) tensor, and
+the kernels that merge split reductions in split order (GroupNorm's too).
 
 A tensor is read in place as N batch entries by S spatial positions (S = the product of
 the spatial sizes) by C channels, through three strides (n, s, c) (see
@@ -98,6 +99,32 @@ def _sum_splits_kernel(part_ptr, out_ptr, C, n_splits, ACC: tl.constexpr, IDX: t
         total += tl.load(part, mask=c_mask, other=0.0)
         part += C
     _store(out_ptr + k * C + c, total, mask=c_mask)
+
+
+@triton.jit
+def _merge_stats_kernel(part_ptr, mean_ptr, var_ptr, C, n_splits, ACC: tl.constexpr, IDX: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    """Merge the splits' (count, mean, M2) of part[3, n_splits, C] in split order: the mean
+    and biased variance of each of C slices (channels; GroupNorm's (sample, group) pairs)."""
+    c, c_mask = _channels(tl.program_id(0), C, IDX, BLOCK_C)
+    plane = tl.cast(n_splits, IDX) * C
+    part = part_ptr + c
+    count = tl.zeros([BLOCK_C], dtype=ACC)
+    mean = tl.zeros([BLOCK_C], dtype=ACC)
+    m2 = tl.zeros([BLOCK_C], dtype=ACC)
+    for _ in range(n_splits):
+        n_i = tl.load(part, mask=c_mask, other=0.0)
+        mean_i = tl.load(part + plane, mask=c_mask, other=0.0)
+        m2_i = tl.load(part + 2 * plane, mask=c_mask, other=0.0)
+        total = count + n_i
+        frac = tl.where(total > 0, n_i / tl.maximum(total, 1.0), 0.0)
+        delta = mean_i - mean
+        mean += delta * frac
+        m2 += m2_i + delta * delta * count * frac
+        count = total
+        part += C
+    _store(mean_ptr + c, mean, mask=c_mask)
+    _store(var_ptr + c, m2 / tl.maximum(count, 1.0), mask=c_mask)  # (masked channels: count 0)
 
 
 # ---------------------------------------------------------------------------------------

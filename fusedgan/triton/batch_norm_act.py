@@ -22,10 +22,12 @@ import triton
 import triton.language as tl
 
 from fusedgan._layout import channel_view
-from fusedgan.triton._launch import Launch, acc_dtype, device_of, run
+from fusedgan.triton._common import _activation, _chan_merge, _grad_terms, _inv_std, _pre_activation
+from fusedgan.triton._launch import Launch, acc_dtype, plan_and_run
 from fusedgan.triton._tiles import (
     Plan,
     _channels,
+    _merge_stats_kernel,
     _offsets,
     _scalar,
     _split,
@@ -44,41 +46,14 @@ ONE_PASS_BUDGET = {False: (32, 16), True: (16, 16)}
 
 
 @triton.jit
-def _activation(z, slope, ACT: tl.constexpr):
-    # ReLU keeps NaN and maps -inf to 0, as torch.relu does; LeakyReLU is torch's
-    # `z > 0 ? z : z * slope`, NaN included.
-    if ACT == 1:
-        z = tl.where(z < 0, 0.0, z)
-    elif ACT == 2:
-        z = tl.where(z > 0, z, z * slope)
-    return z
-
-
-@triton.jit
-def _activation_grad(dy, z, slope, ACT: tl.constexpr):
-    # The masks of torch's threshold_backward and leaky_relu_backward.
-    if ACT == 1:
-        dy = tl.where(z > 0, dy, 0.0)
-    elif ACT == 2:
-        dy = tl.where(z > 0, dy, dy * slope)
-    return dy
-
-
-@triton.jit
 def _channel_params(mean_ptr, var_ptr, w_ptr, b_ptr, c, c_mask, eps, ACC: tl.constexpr):
     """Per-channel mean, invstd, scale = weight * invstd and bias."""
     mean = tl.load(mean_ptr + c, mask=c_mask, other=0.0).to(ACC)
     var = tl.load(var_ptr + c, mask=c_mask, other=1.0).to(ACC)
     w = tl.load(w_ptr + c, mask=c_mask, other=1.0).to(ACC)
     b = tl.load(b_ptr + c, mask=c_mask, other=0.0).to(ACC)
-    invstd = 1.0 / tl.sqrt(var + eps)
+    invstd = _inv_std(var, eps)
     return mean, invstd, w * invstd, b
-
-
-@triton.jit
-def _pre_activation(x, mean, scale, b):
-    # One formula in every kernel, so backward's recomputed z has forward's sign exactly.
-    return (x - mean[:, None]) * scale[:, None] + b[:, None]
 
 
 @triton.jit
@@ -94,7 +69,7 @@ def _bn_stats_kernel(
     Each tile's (n, mean, M2) is merged into the running ones with Chan's formula.
     ONE_PASS (one split of one tile): the slice is still in registers, so write mean,
     biased var and y = act(z) straight away. Otherwise write the split's (count, mean, M2)
-    to part_ptr[3, n_splits, C] for _bn_stats_merge_kernel.
+    to part_ptr[3, n_splits, C] for _merge_stats_kernel.
     """
     c, c_mask = _channels(tl.program_id(0), C, IDX, BLOCK_C)
     count = tl.zeros([BLOCK_C], dtype=ACC)
@@ -108,11 +83,7 @@ def _bn_stats_kernel(
         n_tile = tl.sum(r_mask.to(ACC), axis=0)
         mean_tile = tl.sum(x, axis=1) / n_tile
         d = tl.where(mask, x - mean_tile[:, None], 0.0)
-        delta = mean_tile - mean
-        total = count + n_tile
-        mean += delta * (n_tile / total)
-        m2 += tl.sum(d * d, axis=1) + delta * delta * (count * n_tile / total)
-        count = total
+        count, mean, m2 = _chan_merge(count, mean, m2, n_tile, mean_tile, tl.sum(d * d, axis=1))
         if ONE_PASS:
             var = m2 / count
             _store(mean_ptr + c, mean, mask=c_mask)
@@ -120,7 +91,7 @@ def _bn_stats_kernel(
             w = tl.load(w_ptr + c, mask=c_mask, other=1.0).to(ACC)
             b = tl.load(b_ptr + c, mask=c_mask, other=0.0).to(ACC)
             scale = w / tl.sqrt(var + _scalar(eps, ACC))
-            y = _activation(_pre_activation(x, mean, scale, b), _scalar(slope, ACC), ACT)
+            y = _activation(_pre_activation(x, mean[:, None], scale[:, None], b[:, None]), _scalar(slope, ACC), ACT)
             _store(y_ptr + _offsets(n, s, c, stride_yn, stride_ys, stride_yc), y, mask=mask)
     if not ONE_PASS:
         plane = tl.cast(n_splits, IDX) * C
@@ -128,31 +99,6 @@ def _bn_stats_kernel(
         _store(part, count, mask=c_mask)
         _store(part + plane, mean, mask=c_mask)
         _store(part + 2 * plane, m2, mask=c_mask)
-
-
-@triton.jit
-def _bn_stats_merge_kernel(part_ptr, mean_ptr, var_ptr, C, n_splits, ACC: tl.constexpr, IDX: tl.constexpr,
-                           BLOCK_C: tl.constexpr):
-    """Merge the splits' (count, mean, M2) in split order: batch mean and biased variance."""
-    c, c_mask = _channels(tl.program_id(0), C, IDX, BLOCK_C)
-    plane = tl.cast(n_splits, IDX) * C
-    part = part_ptr + c
-    count = tl.zeros([BLOCK_C], dtype=ACC)
-    mean = tl.zeros([BLOCK_C], dtype=ACC)
-    m2 = tl.zeros([BLOCK_C], dtype=ACC)
-    for _ in range(n_splits):
-        n_i = tl.load(part, mask=c_mask, other=0.0)
-        mean_i = tl.load(part + plane, mask=c_mask, other=0.0)
-        m2_i = tl.load(part + 2 * plane, mask=c_mask, other=0.0)
-        total = count + n_i
-        frac = tl.where(total > 0, n_i / tl.maximum(total, 1.0), 0.0)
-        delta = mean_i - mean
-        mean += delta * frac
-        m2 += m2_i + delta * delta * count * frac
-        count = total
-        part += C
-    _store(mean_ptr + c, mean, mask=c_mask)
-    _store(var_ptr + c, m2 / tl.maximum(count, 1.0), mask=c_mask)  # (masked channels: count 0)
 
 
 @triton.jit
@@ -179,7 +125,7 @@ def _bn_act_apply_kernel(
     _, c, c_mask, n, s, mask = _elementwise_tile(N, S, C, s_tiles, c_blocks, IDX, BLOCK_N, BLOCK_S, BLOCK_C)
     mean, _, scale, b = _channel_params(mean_ptr, var_ptr, w_ptr, b_ptr, c, c_mask, _scalar(eps, ACC), ACC)
     x = tl.load(x_ptr + _offsets(n, s, c, stride_xn, stride_xs, stride_xc), mask=mask, other=0.0).to(ACC)
-    y = _activation(_pre_activation(x, mean, scale, b), _scalar(slope, ACC), ACT)
+    y = _activation(_pre_activation(x, mean[:, None], scale[:, None], b[:, None]), _scalar(slope, ACC), ACT)
     _store(y_ptr + _offsets(n, s, c, stride_yn, stride_ys, stride_yc), y, mask=mask)
 
 
@@ -199,8 +145,7 @@ def _bn_act_dz(dy_ptr, x_ptr, n, s, c, mask, stride_dyn, stride_dys, stride_dyc,
     """dz = dy * act'(z), with z recomputed from x, and xhat, on one tile."""
     x = tl.load(x_ptr + _offsets(n, s, c, stride_xn, stride_xs, stride_xc), mask=mask, other=0.0).to(ACC)
     dy = tl.load(dy_ptr + _offsets(n, s, c, stride_dyn, stride_dys, stride_dyc), mask=mask, other=0.0).to(ACC)
-    xhat = (x - mean[:, None]) * invstd[:, None]
-    return _activation_grad(dy, _pre_activation(x, mean, scale, b), slope, ACT), xhat
+    return _grad_terms(x, dy, mean[:, None], invstd[:, None], scale[:, None], b[:, None], slope, ACT)
 
 
 @triton.jit
@@ -298,7 +243,7 @@ def plan_forward(x, weight, bias, mean, var, training, eps, act, slope):
                                dict(ACT=act, ACC=acc, ONE_PASS=plan.one_pass, **plan.constexprs(bound)), bound))
         if plan.one_pass:
             return (y, mean, var), launches
-        launches.append(merge_launch(_bn_stats_merge_kernel, part, (mean, var), acc))
+        launches.append(merge_launch(_merge_stats_kernel, part, (mean, var), acc))
     else:
         # Running statistics in any dtype and stride: returned, as batch statistics are, in the
         # accumulation dtype, and read contiguous.
@@ -355,15 +300,9 @@ def bn_act_forward(x, weight, bias, mean, var, training, eps, act, slope):
     """y = act(batch_norm(x)); returns (y, mean, var): the batch mean and biased variance
     when training, else the given running ones, in the accumulation dtype. weight and bias
     are (C,) tensors."""
-    with device_of(x):
-        outputs, launches = plan_forward(x, weight, bias, mean, var, training, eps, act, slope)
-        run(launches)
-    return outputs
+    return plan_and_run(plan_forward, x, x, weight, bias, mean, var, training, eps, act, slope)
 
 
 def bn_act_backward(dy, x, weight, bias, mean, var, training, eps, act, slope):
     """(dx, dweight, dbias) of y = act(batch_norm(x)) with the statistics forward used."""
-    with device_of(x):
-        outputs, launches = plan_backward(dy, x, weight, bias, mean, var, training, eps, act, slope)
-        run(launches)
-    return outputs
+    return plan_and_run(plan_backward, x, dy, x, weight, bias, mean, var, training, eps, act, slope)

@@ -6,7 +6,8 @@ The launchers are planned on meta tensors (nothing is allocated, nothing runs) o
 set of cases: every input dtype, fp16/bf16 with fp32 or their own parameters, each
 activation, train and eval, forward and backward, NCHW, channels_last, (N, C),
 (N, C, L), a channel slice, an expanded gradient, one-pass, tiled and int64-indexed
-sizes, and every conv tile config with TF32 on and off. Each distinct launch is bound
+sizes (BatchNorm, and GroupNorm's one-pass and split paths: GN_SHAPES), and every conv
+tile config with TF32 on and off. Each distinct launch is bound
 by Triton's own argument specialisation (as a real launch binds it) and compiled with
 triton.compile for GPUTarget("cuda", 80, 32) and ("cuda", 90, 32); ptxas -v (Triton's
 own, with Triton's flags) reports registers and spills. One table is printed: per
@@ -103,6 +104,49 @@ def _bn_cases():
                             dy, x, *params[:2], *stats, training, 1e-5, act, 0.2)[1]
 
 
+# (name, shape, groups, layout, activations, dtypes, passes): GroupNorm's one-pass path
+# (also at its largest, 16 warps: forward and backward have their own sizes) and split
+# path, NCHW, channels_last (InstanceNorm's groups of one channel side by side, and groups
+# of two), (N, C), (N, C, L), and the int64-indexed split path. Every activation (in fp32)
+# on one-pass NCHW and split channels_last, LeakyReLU elsewhere; fp16 and bf16 with fp32
+# parameters and with their own (which change only the parameters' pointer types). "nchw"
+# and "channels_last-split" also take the gradient of y.sum() (an expanded scalar), in fp32.
+FP32, FP64, FP16_FP32, FP16, BF16_FP32, BF16 = DTYPES
+BOTH, FORWARD, BACKWARD = (True, True), (True, False), (False, True)
+GN_SHAPES = [
+    ("nchw", (4, 32, 8, 8), 8, "contiguous", ALL_ACTIVATIONS, [FP32, FP64, BF16_FP32, FP16], BOTH),
+    ("nchw-split", (2, 16, 128, 128), 4, "contiguous", LEAKY_RELU, [FP32, FP64, FP16_FP32, BF16], BOTH),
+    ("nchw-one-pass-largest", (1, 8, 128, 128), 8, "contiguous", LEAKY_RELU, [FP32, BF16_FP32], FORWARD),
+    ("nchw-one-pass-largest", (1, 8, 64, 128), 8, "contiguous", LEAKY_RELU, [FP32, BF16_FP32], BACKWARD),
+    ("channels_last", (4, 64, 8, 8), 64, "channels_last", LEAKY_RELU, [FP32, BF16_FP32], BOTH),
+    ("channels_last-split", (2, 64, 64, 64), 32, "channels_last", ALL_ACTIVATIONS, [FP32, FP64, BF16_FP32], BOTH),
+    ("nc", (64, 128), 8, "contiguous", LEAKY_RELU, [FP32], BOTH),
+    ("ncl", (4, 32, 100), 4, "contiguous", LEAKY_RELU, [FP32], BOTH),
+    ("nchw-int64", (33, 2, 8192, 4096), 1, "contiguous", LEAKY_RELU, [FP32, BF16_FP32], BOTH),
+]
+
+
+def _gn_cases():
+    from fusedgan.triton import group_norm_act as gn
+
+    for name, shape, groups, layout, activations, dtypes, (forward, backward) in GN_SHAPES:
+        for dtype, param_dtype in dtypes:
+            x = _meta(shape, dtype, layout)
+            params = [torch.empty(shape[1], dtype=param_dtype, device="meta") for _ in range(2)]
+            stats = [torch.empty((shape[0], groups), dtype=torch.float64 if dtype == torch.float64 else
+                                 torch.float32, device="meta") for _ in range(2)]
+            for act in activations if dtype == torch.float32 else LEAKY_RELU:
+                label = f"gn {name} {str(dtype)[6:]}/{str(param_dtype)[6:]} act{act}"
+                if forward:
+                    yield label, gn.plan_forward(x, *params, groups, 1e-5, act, 0.2)[1]
+                dys = [("", torch.empty_like(x))] if backward else []
+                if name in ("nchw", "channels_last-split") and dtype == torch.float32 and act in LEAKY_RELU:
+                    dys.append((" expanded-dy", torch.empty((), dtype=dtype, device="meta").expand(x.shape)))
+                for dy_name, dy in dys:
+                    yield label + " backward" + dy_name, gn.plan_backward(dy, x, *params, *stats, groups, 1e-5, act,
+                                                                          0.2)[1]
+
+
 # (name, x shape, weight shape, stride, padding, layouts, also without bias): DCGAN's 4x4
 # stride-2 layers, 3x3 (Cin = 3) and 1x1, and an input past 2^31 elements.
 BOTH_LAYOUTS = ("contiguous", "channels_last")
@@ -146,6 +190,7 @@ def cases():
     allow_tf32 = torch.backends.cudnn.allow_tf32
     try:
         yield from _bn_cases()
+        yield from _gn_cases()
         yield from _conv_cases()
     finally:
         torch.backends.cudnn.allow_tf32 = allow_tf32
