@@ -68,7 +68,8 @@ def test_opcheck(namespace, device, dtype, channels_last, training):
 
 # (namespace, device) pairs whose backend has GroupNorm kernels (fusedgan: the device's own).
 _BACKEND_OF = {"fusedgan_triton": "triton", "fusedgan_sim": "cuda-sim"}
-GN_OP_SETS = [p for p in OP_SETS if why_unusable(_BACKEND_OF.get(p.values[0], p.values[1]), p.values[1], "gn_act") is None]
+GN_OP_SETS = [p for p in OP_SETS
+              if why_unusable(_BACKEND_OF.get(p.values[0], p.values[1]), p.values[1], "gn_act") is None]
 
 
 @pytest.mark.parametrize("namespace,device", GN_OP_SETS)
