@@ -15,8 +15,8 @@ Triton custom ops (fusedgan_triton::*). Each follows its backend's layout rule:
 
 import torch
 
-from fusedgan._dtypes import accumulation_dtype
 from fusedgan._layout import channel_view
+from fusedgan._outputs import accumulation_dtype
 
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 

@@ -7,7 +7,7 @@ import torch
 from fusedgan import reference
 from fusedgan._activation import IDENTITY
 from fusedgan._backends import backend_module, check_backend_name, resolve_backend
-from fusedgan._dtypes import accumulation_dtype
+from fusedgan._outputs import accumulation_dtype
 
 
 def first_order_only(reason):

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from fusedgan import reference
 from fusedgan._backends import backend_module
-from fusedgan._dtypes import accumulation_dtype
+from fusedgan._outputs import accumulation_dtype
 from fusedgan.autograd import first_order_only
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fusedgan._activation import LEAKY_RELU, RELU
-from fusedgan._dtypes import accumulation_dtype
+from fusedgan._outputs import accumulation_dtype
 
 
 def _acc_dtype(x):

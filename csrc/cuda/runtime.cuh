@@ -7,6 +7,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "../outputs.h"
+
+#include <limits>
 #include <mutex>
 #include <vector>
 
@@ -27,8 +30,13 @@ void launch(dim3 grid, dim3 block, const Args&... args) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The emulated build fills fresh outputs with NaN; on the GPU they stay as allocated.
-at::Tensor poison(at::Tensor t) { return t; }
+// Fresh outputs and workspaces, NaN-filled under FUSEDGAN_POISON_OUTPUTS=1 (csrc/outputs.h:
+// the GPU run turns it on, so an element a kernel forgets to write shows up); the emulated
+// build always fills them.
+at::Tensor poison(at::Tensor t) {
+  if (poison_outputs() && t.is_floating_point()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
 
 // Only the emulated build can be told to take int64 offsets for small tensors.
 constexpr bool force_int64() { return false; }

@@ -17,10 +17,10 @@ Accumulation is in fp32 (fp64 for fp64 inputs), eps and slope included. Statisti
 per-tile centred sums merged with Chan's formula, never E[x^2] - E[x]^2.
 """
 
-import torch
 import triton
 import triton.language as tl
 
+from fusedgan import _outputs as outputs
 from fusedgan._layout import channel_view
 from fusedgan.triton._common import _activation, _chan_merge, _grad_terms, _inv_std, _pre_activation
 from fusedgan.triton._launch import Launch, acc_dtype, plan_and_run
@@ -226,7 +226,7 @@ def _plan(rows, S, C, strides, backward, acc, device):
 def plan_forward(x, weight, bias, mean, var, training, eps, act, slope):
     """((y, mean, var), launches) of bn_act_forward, nothing run."""
     x, (N, C, S), x_strides = channel_view(x)
-    y = torch.empty_like(x)
+    y = outputs.empty_like(x)
     rows, S, strides = merge_rows(N, S, [x_strides, channel_view(y)[2]])
     acc, acc_torch = acc_dtype(x.dtype)
     plan = _plan(rows, S, C, strides, False, acc, x.device)
@@ -234,9 +234,9 @@ def plan_forward(x, weight, bias, mean, var, training, eps, act, slope):
     scalars = (*strides[0], *strides[1], float(eps), float(slope))
     launches = []
     if training:
-        mean = torch.empty(C, device=x.device, dtype=acc_torch)
-        var = torch.empty_like(mean)
-        part = mean if plan.one_pass else torch.empty((3, plan.n_splits, C), device=x.device, dtype=acc_torch)
+        mean = outputs.empty(C, device=x.device, dtype=acc_torch)
+        var = outputs.empty_like(mean)
+        part = mean if plan.one_pass else outputs.empty((3, plan.n_splits, C), device=x.device, dtype=acc_torch)
         bound = plan.bound(strides, part.numel())
         launches.append(Launch(_bn_stats_kernel, (plan.c_blocks, plan.n_splits),
                                (x, y, weight, bias, mean, var, part, *plan.split_args, *scalars),
@@ -260,15 +260,15 @@ def plan_backward(dy, x, weight, bias, mean, var, training, eps, act, slope):
     """((dx, dweight, dbias), launches) of bn_act_backward, nothing run."""
     x, (N, C, S), x_strides = channel_view(x)
     dy, _, dy_strides = channel_view(dy)
-    dx = torch.empty_like(x)
+    dx = outputs.empty_like(x)
     rows, S, strides = merge_rows(N, S, [x_strides, dy_strides, channel_view(dx)[2]])
     acc, acc_torch = acc_dtype(x.dtype)
     plan = _plan(rows, S, C, strides, True, acc, x.device)
     weight, bias, mean, var = (t.contiguous() for t in (weight, bias, mean, var))
-    dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
+    dweight, dbias = outputs.empty_like(weight), outputs.empty_like(bias)
     xs, dys, dxs = strides
     scalars = (1.0 / max(rows * S, 1), *dys, *xs, *dxs, float(eps), float(slope))
-    part = dweight if plan.one_pass else torch.empty((2, plan.n_splits, C), device=x.device, dtype=acc_torch)
+    part = dweight if plan.one_pass else outputs.empty((2, plan.n_splits, C), device=x.device, dtype=acc_torch)
     bound = plan.bound(strides, part.numel())
     launches = [Launch(_bn_act_grad_sums_kernel, (plan.c_blocks, plan.n_splits),
                        (dy, x, dx, mean, var, weight, bias, dweight, dbias, part, *plan.split_args, *scalars),
@@ -280,7 +280,7 @@ def plan_backward(dy, x, weight, bias, mean, var, training, eps, act, slope):
     if plan.n_splits == 1:
         sums = part.view(2, C)
     else:
-        sums = torch.empty((2, C), device=x.device, dtype=acc_torch)
+        sums = outputs.empty((2, C), device=x.device, dtype=acc_torch)
         launches.append(merge_launch(_sum_splits_kernel, part, (sums,), acc, grid_y=2))
     elementwise = plan.elementwise()
     sizes, grid = elementwise.elementwise_args

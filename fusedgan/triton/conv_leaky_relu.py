@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fusedgan import _outputs as outputs
 from fusedgan import reference
 from fusedgan._layout import channel_view, conv_output_format
 from fusedgan.triton import _tiles as tiles
@@ -229,7 +230,7 @@ def kernel_applies(x, groups, padding):
 def conv_leaky_relu_forward(x, weight, bias, stride, padding, dilation, groups, slope):
     """leaky_relu(conv2d(x, weight, bias)), zero padding; where the kernel does not apply,
     the reference path computes it (in the same output layout)."""
-    y = conv_output(x, weight, stride, padding, dilation)
+    y = outputs.poison(conv_output(x, weight, stride, padding, dilation))
     if not kernel_applies(x, groups, padding) or y.numel() == 0:
         if y.numel():
             y.copy_(reference.conv_leaky_relu_forward(x, weight, bias, stride, padding, dilation, groups, slope))
@@ -247,11 +248,11 @@ def plan_grad_bias(dy, y, slope, has_bias):
     """((dz, dbias or None), launches) of leaky_relu_grad_bias, nothing run."""
     y, (N, C, S), y_strides = channel_view(y)
     dy, _, dy_strides = channel_view(dy)
-    dz = torch.empty_like(y)
+    dz = outputs.empty_like(y)
     rows, S, strides = tiles.merge_rows(N, S, [y_strides, dy_strides, channel_view(dz)[2]])
     acc, acc_torch = acc_dtype(y.dtype)
     plan = tiles.Plan.reduction(rows, S, C, C > 1 and abs(strides[0][2]) == 1, y.device)
-    part = torch.empty((1, plan.n_splits, C), device=y.device, dtype=acc_torch) if has_bias else dz
+    part = outputs.empty((1, plan.n_splits, C), device=y.device, dtype=acc_torch) if has_bias else dz
     bound = plan.bound(strides, part.numel())
     ys, dys, dzs = strides
     launches = [Launch(_leaky_relu_grad_bias_kernel, (plan.c_blocks, plan.n_splits),
@@ -261,7 +262,7 @@ def plan_grad_bias(dy, y, slope, has_bias):
         return (dz, None), launches
     if plan.n_splits == 1:
         return (dz, part.view(C)), launches
-    db = torch.empty(C, device=y.device, dtype=acc_torch)
+    db = outputs.empty(C, device=y.device, dtype=acc_torch)
     launches.append(tiles.merge_launch(tiles._sum_splits_kernel, part, (db,), acc))
     return (dz, db), launches
 

@@ -32,10 +32,10 @@ math (pre-activation, activation, its mask, the gradient terms) is BatchNorm's
 
 from typing import NamedTuple
 
-import torch
 import triton
 import triton.language as tl
 
+from fusedgan import _outputs as outputs
 from fusedgan._layout import channel_view
 from fusedgan.triton._common import _activation, _chan_merge, _grad_terms, _inv_std, _pre_activation
 from fusedgan.triton._launch import Launch, acc_dtype, index_dtype, plan_and_run
@@ -458,17 +458,17 @@ def _param_grads_launch(cpart, dweight, dbias, acc):
 def plan_forward(x, weight, bias, groups, eps, act, slope):
     """((y, mean, var), launches) of gn_act_forward, nothing run."""
     x, (N, C, S), x_strides = _view(x, groups)
-    y = torch.empty_like(x)
+    y = outputs.empty_like(x)
     acc, acc_torch = acc_dtype(x.dtype)
-    mean = torch.empty((N, groups), device=x.device, dtype=acc_torch)
-    var = torch.empty_like(mean)
+    mean = outputs.empty((N, groups), device=x.device, dtype=acc_torch)
+    var = outputs.empty_like(mean)
     if x.numel() == 0:  # the statistics of no values, as stock's
         return (y, mean.fill_(float("nan")), var.fill_(float("nan"))), []
     plan = _plan(N, C, S, groups, x_strides, False, acc, x.device)
     weight, bias = weight.contiguous(), bias.contiguous()
     strides = [x_strides, channel_view(y)[2]]
     scalars = (*strides[0], *strides[1], float(eps), float(slope))
-    part = mean if plan.one_pass else torch.empty((3, plan.n_parts, N * groups), device=x.device, dtype=acc_torch)
+    part = mean if plan.one_pass else outputs.empty((3, plan.n_parts, N * groups), device=x.device, dtype=acc_torch)
     bound = plan.bound(strides, part.numel() + plan.padded[1])
     launches = [Launch(_gn_stats_kernel, (plan.blocks * plan.n_splits,),
                        (x, y, weight, bias, mean, var, part, *plan.sizes, plan.tiles_per_split, plan.n_splits,
@@ -488,10 +488,10 @@ def plan_backward(dy, x, weight, bias, mean, var, groups, eps, act, slope):
     """((dx, dweight, dbias), launches) of gn_act_backward, nothing run."""
     x, (N, C, S), x_strides = _view(x, groups)
     dy, _, dy_strides = channel_view(dy)
-    dx = torch.empty_like(x)
+    dx = outputs.empty_like(x)
     acc, acc_torch = acc_dtype(x.dtype)
     weight, bias = weight.contiguous(), bias.contiguous()
-    dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
+    dweight, dbias = outputs.empty_like(weight), outputs.empty_like(bias)
     if x.numel() == 0:
         return (dx, dweight.zero_(), dbias.zero_()), []
     mean, var = (t.to(acc_torch).contiguous() for t in (mean, var))
@@ -500,9 +500,9 @@ def plan_backward(dy, x, weight, bias, mean, var, groups, eps, act, slope):
     scalars = (1.0 / (C // groups * S), *dy_strides, *x_strides, *strides[2], float(eps), float(slope))
     final = N == 1 and plan.n_splits == 1
     n, pairs, c, _ = plan.padded
-    cpart = dweight if final else torch.empty((2, N * plan.n_splits, C), device=x.device, dtype=acc_torch)
+    cpart = dweight if final else outputs.empty((2, N * plan.n_splits, C), device=x.device, dtype=acc_torch)
     wpart = dweight if plan.one_pass else \
-        torch.empty((2, plan.n_parts, N * groups), device=x.device, dtype=acc_torch)
+        outputs.empty((2, plan.n_parts, N * groups), device=x.device, dtype=acc_torch)
     bound = plan.bound(strides, 2 * n * plan.n_splits * C + c, wpart.numel() + pairs)
     launches = [Launch(_gn_grad_sums_kernel, (plan.blocks * plan.n_splits,),
                        (dy, x, dx, mean, var, weight, bias, dweight, dbias, wpart, cpart, *plan.sizes,
@@ -515,7 +515,7 @@ def plan_backward(dy, x, weight, bias, mean, var, groups, eps, act, slope):
     if plan.n_parts == 1:
         sums = wpart.view(2, N * groups)
     else:
-        sums = torch.empty((2, N * groups), device=x.device, dtype=acc_torch)
+        sums = outputs.empty((2, N * groups), device=x.device, dtype=acc_torch)
         launches.append(merge_launch(_sum_splits_kernel, wpart, (sums,), acc, grid_y=2))
     bound = plan.bound(strides, sums.numel() + pairs)
     launches.append(Launch(_gn_grad_input_kernel, (plan.blocks * plan.s_tiles,),
