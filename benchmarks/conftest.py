@@ -1,4 +1,5 @@
-"""Benchmark setup: the device, synchronising timers, and the providers compared."""
+"""Benchmark setup: the device, the providers compared, and the one runner every benchmark
+uses (run_benchmark: warm-up, timing, the record the report reads)."""
 
 import ctypes
 import ctypes.util
@@ -12,6 +13,7 @@ import torch
 from fusedgan._backends import why_unusable
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+GPU = DEVICE.type == "cuda"
 # FUSEDGAN_BENCH_QUICK=1 (benchmarks/run_gpu.sh) trims each suite to its headline cases.
 QUICK = os.environ.get("FUSEDGAN_BENCH_QUICK") == "1"
 
@@ -49,15 +51,48 @@ def fused_backends():
     return [b for b in ("triton", "cuda", "cpu") if why_unusable(b, DEVICE.type) is None]
 
 
-def synchronized(fn):
-    if DEVICE.type != "cuda":
-        return fn
+class CudaEventClock:
+    """A clock read from CUDA events, for pytest-benchmark's timer on GPU: each reading
+    records an event on the current stream and waits for it. A round's calls are launched
+    back to back between two readings and timed on the device (as triton.testing.do_bench
+    does), so no host synchronisation sits between two calls and the latency of the final
+    one is not counted; gaps where the GPU waits for the host's launches are (they are the
+    cost of a launch-bound step)."""
 
-    def run():
-        fn()
+    def __init__(self):
+        self.origin = None
+
+    def __call__(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        if self.origin is None:
+            self.origin = event
+        event.synchronize()
+        return self.origin.elapsed_time(event) / 1e3
+
+
+def precision_label(dtype, layout):
+    """e.g. "bfloat16/channels_last": the report's dtype column."""
+    return f"{str(dtype).replace('torch.', '')}/{layout}"
+
+
+def run_benchmark(benchmark, step, *, rounds, iterations, warmup=3, bytes_moved=None, **info):
+    """The runner of every benchmark: `warmup` calls (JIT compilation, autotuning and
+    torch.compile stay out of the timings), then `rounds` timed rounds of `iterations` calls
+    each (perf_counter on CPU, CUDA events on GPU), then the record report.py reads:
+    the environment, `info` (op, shape, provider, mode, dtype), bytes and GB/s from the
+    median time when `bytes_moved` is given, and the peak GPU memory of the timed calls."""
+    for _ in range(warmup):
+        step()
+    if GPU:
         torch.cuda.synchronize()
-
-    return run
+        torch.cuda.reset_peak_memory_stats()
+        benchmark._timer = CudaEventClock()  # pytest-benchmark has no public per-test timer
+    benchmark.pedantic(step, rounds=rounds, iterations=iterations)
+    benchmark.extra_info.update(environment_info())
+    benchmark.extra_info.update(
+        info, bytes=bytes_moved, gbps=bytes_moved / benchmark.stats.stats.median / 1e9 if bytes_moved else None,
+        peak_memory=torch.cuda.max_memory_allocated() if GPU else None)
 
 
 def layer_step(model, x, grad, mode):
@@ -76,7 +111,7 @@ def layer_step(model, x, grad, mode):
         if mode != "fwd":
             torch.autograd.grad(y, inputs, grad)
 
-    return synchronized(step)
+    return step
 
 
 @functools.cache
@@ -84,16 +119,19 @@ def copy_roofline_gbps():
     """Bytes read + written per second by a large device-to-device copy: the roofline."""
     src = torch.empty(64 * 2**20 if DEVICE.type == "cuda" else 16 * 2**20, device=DEVICE)  # 256 MB / 64 MB fp32
     dst = torch.empty_like(src)
-    copy = synchronized(lambda: dst.copy_(src))
-    copy()
+    dst.copy_(src)
+    if GPU:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(10):
-        copy()
+        dst.copy_(src)
+    if GPU:
+        torch.cuda.synchronize()
     return 2 * src.numel() * src.element_size() * 10 / (time.perf_counter() - start) / 1e9
 
 
 def environment_info():
-    info = {"device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU",
+    info = {"device": torch.cuda.get_device_name() if GPU else "CPU",
             "torch": torch.__version__, "cuda": torch.version.cuda or "", "roofline_gbps": copy_roofline_gbps()}
     try:
         import triton

@@ -11,12 +11,11 @@ NCHW (each compile costs tens of seconds there), to stay near 15 minutes.
 import pytest
 import torch
 from byte_model import bn_act_bytes
-from conftest import DEVICE, QUICK, environment_info, fused_backends, layer_step
+from conftest import DEVICE, GPU, QUICK, fused_backends, layer_step, precision_label, run_benchmark
 from torch import nn
 
 import fusedgan
 
-GPU = DEVICE.type == "cuda"
 LAYERS = [(512, 4), (256, 8), (128, 16), (64, 32)]  # (channels, spatial size) of DCGAN's G
 SHAPES = [(batch, c, s, s) for batch in ((64, 128) if GPU else (64,)) for c, s in LAYERS]
 if GPU:
@@ -54,16 +53,6 @@ def test_bn_act(benchmark, shape, activation, slope, provider, dtype, layout, mo
     x = torch.randn(shape, device=DEVICE).to(dtype).contiguous(memory_format=memory_format)
     x.requires_grad_(mode != "fwd")
     grad = torch.randn_like(x)
-    fn = layer_step(model, x, grad, mode)
-    for _ in range(3):  # warm-up: JIT, autotuning and torch.compile stay out of the timings
-        fn()
-    if GPU:
-        torch.cuda.reset_peak_memory_stats()
-    benchmark.pedantic(fn, rounds=20 if GPU else 10, iterations=5 if GPU else 1)
-    bytes_moved = bn_act_bytes(x.numel(), x.element_size(), mode)
-    benchmark.extra_info.update(environment_info())
-    benchmark.extra_info.update(
-        op=f"bn+{activation}", shape=list(shape), provider=provider, mode=mode,
-        dtype=f"{str(dtype).replace('torch.', '')}/{layout}", bytes=bytes_moved,
-        gbps=bytes_moved / benchmark.stats.stats.median / 1e9,
-        peak_memory=torch.cuda.max_memory_allocated() if GPU else None)
+    run_benchmark(benchmark, layer_step(model, x, grad, mode), rounds=20 if GPU else 10, iterations=5 if GPU else 1,
+                  bytes_moved=bn_act_bytes(x.numel(), x.element_size(), mode), op=f"bn+{activation}",
+                  shape=list(shape), provider=provider, mode=mode, dtype=precision_label(dtype, layout))

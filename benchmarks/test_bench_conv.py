@@ -10,12 +10,11 @@ machine): fp32 NCHW and channels_last, and bf16 channels_last.
 import pytest
 import torch
 from byte_model import conv_act_bytes
-from conftest import DEVICE, QUICK, environment_info, fused_backends, layer_step
+from conftest import DEVICE, GPU, QUICK, fused_backends, layer_step, precision_label, run_benchmark
 from torch import nn
 
 import fusedgan
 
-GPU = DEVICE.type == "cuda"
 BATCH = 128 if GPU else 16
 PRECISIONS = [(torch.bfloat16, "channels_last"), (torch.float32, "nchw")] if GPU else \
     [(torch.float32, "nchw"), (torch.float32, "channels_last"), (torch.bfloat16, "channels_last")]
@@ -44,14 +43,7 @@ def test_conv_leaky_relu(benchmark, layer, provider, dtype, layout, mode):
     x = torch.randn(BATCH, cin, size, size, device=DEVICE, dtype=dtype).contiguous(memory_format=memory_format)
     x.requires_grad_(mode != "fwd")
     grad = torch.randn(BATCH, cout, size // 2, size // 2, device=DEVICE, dtype=dtype)
-    fn = layer_step(model, x, grad, mode)
-    for _ in range(3):
-        fn()
-    benchmark.pedantic(fn, rounds=20 if GPU else 10, iterations=3 if GPU else 1)
-    bytes_moved = conv_act_bytes(x.numel(), cout * cin * 16, grad.numel(), x.element_size(), mode)
-    benchmark.extra_info.update(environment_info())
-    benchmark.extra_info.update(
-        op="conv+leaky_relu", shape=[BATCH, cin, size, size, cout], provider=provider, mode=mode,
-        dtype=f"{str(dtype).replace('torch.', '')}/{layout}", bytes=bytes_moved,
-        gbps=bytes_moved / benchmark.stats.stats.median / 1e9,
-        peak_memory=torch.cuda.max_memory_allocated() if GPU else None)
+    run_benchmark(benchmark, layer_step(model, x, grad, mode), rounds=20 if GPU else 10, iterations=3 if GPU else 1,
+                  bytes_moved=conv_act_bytes(x.numel(), cout * cin * 16, grad.numel(), x.element_size(), mode),
+                  op="conv+leaky_relu", shape=[BATCH, cin, size, size, cout], provider=provider, mode=mode,
+                  dtype=precision_label(dtype, layout))

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEVICE, QUICK, environment_info, fused_backends, synchronized
+from conftest import DEVICE, GPU, QUICK, fused_backends, run_benchmark
 
 import fusedgan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import dcgan_models  # noqa: E402
 
-GPU = DEVICE.type == "cuda"
 IMG, BATCH = (64, 128) if GPU else (32, 64)
 PROVIDERS = ["stock", "compile"] + [f"fused-{b}" for b in fused_backends()]
 PRECISIONS = ["fp32", "bf16"] if GPU else ["fp32"]
@@ -49,14 +48,7 @@ def make_step(arch, provider, precision):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_dcgan_training_step(benchmark, arch, provider, precision):
-    fn = synchronized(make_step(arch, provider, precision))
-    for _ in range(3):
-        fn()
-    if GPU:
-        torch.cuda.reset_peak_memory_stats()
-    benchmark.pedantic(fn, rounds=15 if GPU else 5, iterations=1)
-    benchmark.extra_info.update(environment_info())
-    benchmark.extra_info.update(
-        op=f"dcgan-step-{arch}", shape=[BATCH, 3, IMG, IMG], provider=provider, mode="train step",
-        dtype=precision, bytes=None, gbps=None, images_per_s=BATCH / benchmark.stats.stats.median,
-        peak_memory=torch.cuda.max_memory_allocated() if GPU else None)
+    run_benchmark(benchmark, make_step(arch, provider, precision), rounds=15 if GPU else 5, iterations=1,
+                  op=f"dcgan-step-{arch}", shape=[BATCH, 3, IMG, IMG], provider=provider, mode="train step",
+                  dtype=precision)
+    benchmark.extra_info.update(images_per_s=BATCH / benchmark.stats.stats.median)

@@ -11,13 +11,12 @@ CPU (plus channels_last for one shape); on a GPU also bf16 channels_last.
 import pytest
 import torch
 from byte_model import bn_act_bytes
-from conftest import DEVICE, QUICK, environment_info, layer_step
+from conftest import DEVICE, GPU, QUICK, layer_step, precision_label, run_benchmark
 from torch import nn
 
 import fusedgan
 from fusedgan._backends import why_unusable
 
-GPU = DEVICE.type == "cuda"
 SHAPES = [(1, 64, 256, 256), (1, 128, 128, 128), (1, 256, 64, 64), (16, 256, 32, 32)]
 if GPU:
     SHAPES += [(16, 64, 256, 256)]
@@ -61,14 +60,6 @@ def test_gn_act(benchmark, shape, dtype, layout, provider, op, mode):
     model = build(op, provider, shape[1]).to(DEVICE)
     x = torch.randn(shape, device=DEVICE).to(dtype).contiguous(memory_format=memory_format)
     x.requires_grad_(mode != "fwd")
-    fn = layer_step(model, x, torch.randn_like(x), mode)
-    for _ in range(3):
-        fn()
-    benchmark.pedantic(fn, rounds=20 if GPU else 7, iterations=5 if GPU else 1)
-    bytes_moved = bn_act_bytes(x.numel(), x.element_size(), mode)
-    benchmark.extra_info.update(environment_info())
-    benchmark.extra_info.update(
-        op=op, shape=list(shape), provider=provider, mode=mode,
-        dtype=f"{str(dtype).replace('torch.', '')}/{layout}", bytes=bytes_moved,
-        gbps=bytes_moved / benchmark.stats.stats.median / 1e9,
-        peak_memory=torch.cuda.max_memory_allocated() if GPU else None)
+    run_benchmark(benchmark, layer_step(model, x, torch.randn_like(x), mode), rounds=20 if GPU else 7,
+                  iterations=5 if GPU else 1, bytes_moved=bn_act_bytes(x.numel(), x.element_size(), mode), op=op,
+                  shape=list(shape), provider=provider, mode=mode, dtype=precision_label(dtype, layout))

@@ -13,7 +13,7 @@ the "torch" reference included.
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, environment_info, synchronized
+from conftest import DEVICE, run_benchmark
 from torch import nn
 
 import fusedgan
@@ -81,10 +81,5 @@ def test_call_overhead(benchmark, op, phase, interface, provider, mode):
         if mode != "fwd":
             torch.autograd.grad(y, inputs, torch.ones_like(y))
 
-    fn = synchronized(step)
-    for _ in range(50):
-        fn()
-    benchmark.pedantic(fn, rounds=30, iterations=50)
-    benchmark.extra_info.update(environment_info())
-    benchmark.extra_info.update(op=f"{op} call", shape=list(shape), provider=provider, mode=mode,
-                                dtype=f"float32/{interface}/{phase}", bytes=None, gbps=None)
+    run_benchmark(benchmark, step, rounds=30, iterations=50, warmup=50, op=f"{op} call", shape=list(shape),
+                  provider=provider, mode=mode, dtype=f"float32/{interface}/{phase}")
