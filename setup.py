@@ -5,6 +5,9 @@ CUDA build and nvcc is found.
 Environment switches:
   FUSEDGAN_BUILD_CUDA=0/1   force the CUDA kernels off / on (default: auto-detect)
   FUSEDGAN_BUILD_EXT=0      skip the extension entirely (pure Python; Triton and reference backends)
+  FUSEDGAN_DEBUG=1          a debug build: host code at -O0 -g, device code with -lineinfo (so
+                            compute-sanitizer and cuda-gdb report source lines); fusedgan._C.debug
+                            is then 1 and `python -m fusedgan` says so. Slow: not for benchmarks
   TORCH_CUDA_ARCH_LIST      GPU architectures (default "8.0;9.0+PTX": A100, H100/H200, PTX for newer)
   MAX_JOBS                  parallel compile jobs (default: capped by cores and memory)
 """
@@ -71,7 +74,13 @@ def _extensions():
     # torch adds the C++ standard it was built with.
     # -fno-trapping-math lets GCC turn `z > 0 ? z : z * slope` into a blend (we never read FP
     # exception flags); without it the LeakyReLU loops stay scalar and branchy (10x slower).
-    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
+    debug = bool(_flag("FUSEDGAN_DEBUG"))
+    cxx_flags = (["-O0", "-g"] if debug else ["-O3"]) + ["-fopenmp", "-fno-trapping-math",
+                                                         f"-DFUSEDGAN_DEBUG_BUILD={int(debug)}"]
+    # Device code keeps its optimisations in the debug build (-G would change it beyond
+    # recognition); -lineinfo maps it back to source lines.
+    nvcc_flags = ["-O0", "-g", "-lineinfo"] if debug else ["-O3"]
+    nvcc_flags.append(f"-DFUSEDGAN_DEBUG_BUILD={int(debug)}")
     if platform.machine() in ("x86_64", "AMD64"):
         cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"]
     if build_cuda:
@@ -79,13 +88,13 @@ def _extensions():
         sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
         extension = cpp_extension.CUDAExtension(
             "fusedgan._C", sources,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]}, extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=["-fopenmp"],
             py_limited_api=False)
     else:
         extension = cpp_extension.CppExtension("fusedgan._C", sources, extra_compile_args={"cxx": cxx_flags},
                                                extra_link_args=["-fopenmp"])
-    print(f"fusedgan: building fusedgan._C with {'CPU and CUDA' if build_cuda else 'CPU'} kernels "
-          f"(MAX_JOBS={os.environ['MAX_JOBS']})")
+    print(f"fusedgan: building fusedgan._C with {'CPU and CUDA' if build_cuda else 'CPU'} kernels"
+          f"{' (debug build)' if debug else ''} (MAX_JOBS={os.environ['MAX_JOBS']})")
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
     return [extension], {"build_ext": build_ext}
 

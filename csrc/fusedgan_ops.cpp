@@ -5,12 +5,22 @@
 
 #include "op_schemas.h"
 
+#ifndef FUSEDGAN_DEBUG_BUILD
+#define FUSEDGAN_DEBUG_BUILD 0
+#endif
+
 extern "C" {
-// An empty Python module: `import fusedgan._C` loads this library and runs the
-// registrations below (no pybind11 functions are needed).
+// A Python module with one attribute, `debug` (1 for a FUSEDGAN_DEBUG=1 build): `import
+// fusedgan._C` loads this library and runs the registrations below (no pybind11 functions
+// are needed).
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr && PyModule_AddIntConstant(module, "debug", FUSEDGAN_DEBUG_BUILD) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 

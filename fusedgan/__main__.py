@@ -26,6 +26,16 @@ def require(backends):
     return problems
 
 
+def _extension_build():
+    from fusedgan import _extension
+
+    if _extension._load_error is not None:
+        return "not loaded"
+    import fusedgan._C as extension
+
+    return "debug build (FUSEDGAN_DEBUG=1: -O0 -g, -lineinfo)" if getattr(extension, "debug", 0) else "release build"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--require", metavar="BACKENDS", help="comma-separated backends that must run on the GPU")
@@ -42,6 +52,7 @@ def main():
     print(f"python   {platform.python_version()}")
     print(f"torch    {torch.__version__} (CUDA {cuda}; {gpu})")
     print(f"triton   {triton_version}")
+    print(f"_C       {_extension_build()}")
     print("backends:")
     for name, why in fusedgan.backend_status().items():
         print(f"  {name:7s} {'usable' if why is None else 'unusable: ' + why}")

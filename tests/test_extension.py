@@ -41,6 +41,15 @@ def test_every_op_has_cpu_cuda_and_emulated_kernels():
             assert _extension._HAS_KERNELS[(family, backend)], f"fusedgan._C has no {backend} kernels for {family}"
 
 
+@needs_extension
+def test_debug_build_only_when_asked_for():
+    """FUSEDGAN_DEBUG=1 at build time gives fusedgan._C.debug == 1 (setup.py); the build the
+    README installs, which the benchmarks measure, is a release build."""
+    import fusedgan._C
+
+    assert fusedgan._C.debug == (os.environ.get("FUSEDGAN_DEBUG") == "1")
+
+
 def _bn_args(device, dtype, channels_last, training):
     x = torch.randn(4, 3, 5, 6, device=device, dtype=dtype)
     if channels_last:
