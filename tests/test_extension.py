@@ -12,7 +12,7 @@ from _helpers import DEVICES
 
 from fusedgan import _extension
 from fusedgan._backends import why_unusable
-from fusedgan._ops import FAMILIES
+from fusedgan._ops import FAMILIES, OPS, SCHEMAS
 
 needs_extension = pytest.mark.skipif(_extension._load_error is not None,
                                      reason=f"fusedgan._C is not built here: {_extension._load_error}")
@@ -39,6 +39,15 @@ def test_every_op_has_cpu_cuda_and_emulated_kernels():
     for family in FAMILIES:
         for backend in backends:
             assert _extension._HAS_KERNELS[(family, backend)], f"fusedgan._C has no {backend} kernels for {family}"
+
+
+@pytest.mark.parametrize("namespace,device", OP_SETS)
+def test_op_schemas_are_the_op_tables(namespace, device):
+    """Every op namespace defines exactly the ops of fusedgan/_ops.py with its schemas (the
+    C++ ones are written out in csrc/fusedgan_ops.cpp; the Triton ones come from the table)."""
+    ops = _ops(namespace)
+    for op in OPS:
+        assert str(getattr(ops, op).default._schema) == f"{namespace}::{op}{SCHEMAS[op]}"
 
 
 @needs_extension
