@@ -66,11 +66,15 @@ def test_opcheck(namespace, device, dtype, channels_last, training):
     torch.library.opcheck(ops.bn_act_backward, (dy, x, w, b, mean, var, training, 1e-5, 1, 0.0))
 
 
-@needs_extension
-@pytest.mark.parametrize("device", DEVICES)
+# The GroupNorm ops' namespaces: the C++ kernels on every device, the emulated CUDA kernels.
+GN_OP_SETS = [p for p in OP_SETS if p.values[0] != "fusedgan_triton"]
+
+
+@pytest.mark.parametrize("namespace,device", GN_OP_SETS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "nc", "ncl"])
-def test_opcheck_group_norm(device, dtype, layout):
+def test_opcheck_group_norm(namespace, device, dtype, layout):
+    ops = _ops(namespace)
     shape = {"nchw": (3, 6, 5, 4), "nhwc": (3, 6, 5, 4), "nc": (4, 6), "ncl": (3, 6, 7)}[layout]
     x = torch.randn(shape, device=device, dtype=dtype)
     if layout == "nhwc":
@@ -79,9 +83,9 @@ def test_opcheck_group_norm(device, dtype, layout):
     w = torch.rand(6, device=device, dtype=param_dtype) + 0.5
     b = torch.randn(6, device=device, dtype=param_dtype)
     for groups in (1, 3, 6):
-        y, mean, var = torch.ops.fusedgan.gn_act_forward(x, w, b, groups, 1e-5, 2, 0.2)
-        torch.library.opcheck(torch.ops.fusedgan.gn_act_forward, (x, w, b, groups, 1e-5, 2, 0.2))
-        torch.library.opcheck(torch.ops.fusedgan.gn_act_backward,
+        y, mean, var = ops.gn_act_forward(x, w, b, groups, 1e-5, 2, 0.2)
+        torch.library.opcheck(ops.gn_act_forward, (x, w, b, groups, 1e-5, 2, 0.2))
+        torch.library.opcheck(ops.gn_act_backward,
                               (torch.randn_like(x), x, w, b, mean, var, groups, 1e-5, 1, 0.0))
 
 
@@ -137,6 +141,20 @@ def test_opcheck_layouts(namespace, device, layout):
         torch.library.opcheck(ops.bn_act_backward, (torch.randn_like(x), x, w, b, mean, var, training, 1e-5, 2, 0.2))
     for has_bias in (True, False):
         torch.library.opcheck(ops.leaky_relu_grad_bias, (torch.randn_like(x), x, 0.2, has_bias))
+
+
+@pytest.mark.parametrize("namespace,device", GN_OP_SETS)
+@pytest.mark.parametrize("layout", ["transposed", "channel_slice", "nc"])
+def test_opcheck_group_norm_layouts(namespace, device, layout):
+    """As test_opcheck_layouts, for GroupNorm, with strided (C,) parameters."""
+    ops = _ops(namespace)
+    x = torch.randn(4, 6, 5, 7, device=device)
+    x = {"transposed": x.transpose(2, 3), "channel_slice": x[:, ::2], "nc": x[:, :, 0, 0]}[layout]
+    w, b = (torch.rand(2 * x.shape[1], device=device)[::2] + 0.5 for _ in range(2))
+    for groups in (1, 3):
+        y, mean, var = ops.gn_act_forward(x, w, b, groups, 1e-5, 2, 0.2)
+        torch.library.opcheck(ops.gn_act_forward, (x, w, b, groups, 1e-5, 2, 0.2))
+        torch.library.opcheck(ops.gn_act_backward, (torch.randn_like(x), x, w, b, mean, var, groups, 1e-5, 2, 0.2))
 
 
 @pytest.mark.parametrize("namespace,device", OP_SETS)
