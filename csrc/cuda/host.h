@@ -111,6 +111,9 @@ Plan plan_reduction(const View& x, int multiprocessors, std::initializer_list<co
   Plan p;
   p.C = x.C, p.R = x.rows(), p.S = std::max<int64_t>(x.S, 1);
   p.c_shift = rows_fast(x) ? 0 : std::min(5, ceil_log2(x.C));
+  // A sample's rows are few (small images) and along the unit-stride axis: up to 4 channels
+  // a block, so that fewer threads idle; a warp still reads runs of 8 adjacent rows.
+  if (per_sample && rows_fast(x)) p.c_shift = std::clamp(ceil_log2(kThreads) - ceil_log2(p.S), 0, 2);
   const int64_t row_lanes = kThreads >> p.c_shift;
   p.one_pass = !per_sample && p.R <= row_lanes * kItems;
   p.c_blocks = ceil_div(p.C, int64_t(1) << p.c_shift);
