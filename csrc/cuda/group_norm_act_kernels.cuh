@@ -79,7 +79,8 @@ __global__ void gn_channel_stats_kernel(dptr<const scalar_t> x, dptr<acc_t> part
   }
   stats = block_reduce(stats, rows.c_shift, WelfordMerge{});
   if (!active || rows.lane_r() != 0) return;
-  const int64_t plane = int64_t(gridDim.y) * N * rows.C, at = int64_t(blockIdx.y) * N * rows.C + int64_t(b.n) * rows.C + b.c;
+  const int64_t plane = int64_t(gridDim.y) * N * rows.C;
+  const int64_t at = (int64_t(blockIdx.y) * N + int64_t(b.n)) * rows.C + b.c;
   FUSEDGAN_UNROLL
   for (int k = 0; k < 3; ++k) part[k * plane + at] = stats.v[k];
 }
@@ -129,13 +130,15 @@ __global__ void gn_apply_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
         return Access{load_as<P>(x + (cur.offset(xs) + c0 * xs.c)), cur.offset(ys) + c0 * ys.c, cur.n * G};
       },
       [&](const Access& a) {
+        acc_t m[CH_VEC], scale[CH_VEC];  // the access's (sample, group) values, per channel
+        FUSEDGAN_UNROLL
+        for (int j = 0; j < CH_VEC; ++j) m[j] = mean[a.nG + gj[j]], scale[j] = wj[j] * rstd[a.nG + gj[j]];
         P out;
         FUSEDGAN_UNROLL
         for (int j = 0; j < VEC; ++j) {
           const int q = PACK_ROWS ? 0 : j;
-          const index_t i = a.nG + gj[q];
           out.v[j] = static_cast<scalar_t>(
-              activation(pre_activation(static_cast<acc_t>(a.in.v[j]), mean[i], wj[q] * rstd[i], bj[q]), slope, act));
+              activation(pre_activation(static_cast<acc_t>(a.in.v[j]), m[q], scale[q], bj[q]), slope, act));
         }
         store_as(y + a.out, out);
       });
@@ -171,7 +174,8 @@ __global__ void gn_grad_sums_kernel(dptr<const scalar_t> dy, dptr<const scalar_t
   }
   s = block_reduce(s, rows.c_shift, SumMerge{});
   if (!active || rows.lane_r() != 0) return;
-  const int64_t plane = int64_t(gridDim.y) * N * rows.C, at = int64_t(blockIdx.y) * N * rows.C + int64_t(blk.n) * rows.C + blk.c;
+  const int64_t plane = int64_t(gridDim.y) * N * rows.C;
+  const int64_t at = (int64_t(blockIdx.y) * N + int64_t(blk.n)) * rows.C + blk.c;
   sums[at] = s.v[0];
   sums[plane + at] = s.v[1];
 }
@@ -224,15 +228,20 @@ __global__ void gn_grad_input_kernel(dptr<const scalar_t> dy, dptr<const scalar_
                       cur.offset(dxs) + c0 * dxs.c, cur.n * G};
       },
       [&](const Access& a) {
+        acc_t m[CH_VEC], r[CH_VEC], k1[CH_VEC], k2[CH_VEC];  // the access's (sample, group) values
+        FUSEDGAN_UNROLL
+        for (int j = 0; j < CH_VEC; ++j) {
+          const index_t i = a.nG + gj[j];
+          m[j] = mean[i], r[j] = group[i], k1[j] = group[NG + i], k2[j] = group[2 * NG + i];
+        }
         P out;
         FUSEDGAN_UNROLL
         for (int j = 0; j < VEC; ++j) {
           const int q = PACK_ROWS ? 0 : j;
-          const index_t i = a.nG + gj[q];
-          const acc_t m = mean[i], r = group[i], xv = static_cast<acc_t>(a.x.v[j]);
-          const acc_t d = activation_grad(static_cast<acc_t>(a.dy.v[j]), pre_activation(xv, m, wj[q] * r, bj[q]),
-                                          slope, act);
-          out.v[j] = static_cast<scalar_t>(group_grad_input(d, (xv - m) * r, wj[q], r, group[NG + i], group[2 * NG + i]));
+          const acc_t xv = static_cast<acc_t>(a.x.v[j]);
+          const acc_t d = activation_grad(static_cast<acc_t>(a.dy.v[j]),
+                                          pre_activation(xv, m[q], wj[q] * r[q], bj[q]), slope, act);
+          out.v[j] = static_cast<scalar_t>(group_grad_input(d, (xv - m[q]) * r[q], wj[q], r[q], k1[q], k2[q]));
         }
         store_as(dx + a.out, out);
       });
