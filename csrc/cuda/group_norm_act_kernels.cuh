@@ -46,6 +46,21 @@ FUSEDGAN_DEVICE index_t group_of(index_t c, int Cg) {
   return index_t(unsigned(c) / unsigned(Cg));
 }
 
+// An elementwise thread's CH_VEC channels from c0: their weights, biases and groups.
+template <typename acc_t, typename index_t, int CH_VEC>
+struct ThreadChannels {
+  acc_t w[CH_VEC], b[CH_VEC];
+  index_t g[CH_VEC];
+};
+template <int CH_VEC, typename acc_t, typename index_t>
+FUSEDGAN_DEVICE ThreadChannels<acc_t, index_t, CH_VEC> thread_channels(dptr<const acc_t> w, dptr<const acc_t> b,
+                                                                       index_t c0, int Cg) {
+  ThreadChannels<acc_t, index_t, CH_VEC> ch;
+  FUSEDGAN_UNROLL
+  for (int j = 0; j < CH_VEC; ++j) ch.w[j] = w[c0 + j], ch.b[j] = b[c0 + j], ch.g[j] = group_of(c0 + j, Cg);
+  return ch;
+}
+
 // (count, mean, M2) of x over one (sample, channel) and split, written to part, a
 // (3, n_splits, N * C) tensor. A thread loads kItems rows at a time and merges their exact
 // two-pass statistics into its own (as bn_stats_kernel); the block merges its threads.
@@ -116,10 +131,7 @@ __global__ void gn_apply_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
   using P = Pack<scalar_t, VEC>;
   const index_t c0 = rows.channel(CH_VEC);
   if (c0 >= rows.C) return;
-  acc_t wj[CH_VEC], bj[CH_VEC];
-  index_t gj[CH_VEC];
-  FUSEDGAN_UNROLL
-  for (int j = 0; j < CH_VEC; ++j) wj[j] = w[c0 + j], bj[j] = b[c0 + j], gj[j] = group_of(c0 + j, Cg);
+  const ThreadChannels<acc_t, index_t, CH_VEC> ch = thread_channels<CH_VEC>(w, b, c0, Cg);
   struct Access {
     P in;
     index_t out, nG;
@@ -132,13 +144,13 @@ __global__ void gn_apply_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
       [&](const Access& a) {
         acc_t m[CH_VEC], scale[CH_VEC];  // the access's (sample, group) values, per channel
         FUSEDGAN_UNROLL
-        for (int j = 0; j < CH_VEC; ++j) m[j] = mean[a.nG + gj[j]], scale[j] = wj[j] * rstd[a.nG + gj[j]];
+        for (int j = 0; j < CH_VEC; ++j) m[j] = mean[a.nG + ch.g[j]], scale[j] = ch.w[j] * rstd[a.nG + ch.g[j]];
         P out;
         FUSEDGAN_UNROLL
         for (int j = 0; j < VEC; ++j) {
           const int q = PACK_ROWS ? 0 : j;
           out.v[j] = static_cast<scalar_t>(
-              activation(pre_activation(static_cast<acc_t>(a.in.v[j]), m[q], scale[q], bj[q]), slope, act));
+              activation(pre_activation(static_cast<acc_t>(a.in.v[j]), m[q], scale[q], ch.b[q]), slope, act));
         }
         store_as(y + a.out, out);
       });
@@ -213,10 +225,7 @@ __global__ void gn_grad_input_kernel(dptr<const scalar_t> dy, dptr<const scalar_
   using P = Pack<scalar_t, VEC>;
   const index_t c0 = rows.channel(CH_VEC);
   if (c0 >= rows.C) return;
-  acc_t wj[CH_VEC], bj[CH_VEC];
-  index_t gj[CH_VEC];
-  FUSEDGAN_UNROLL
-  for (int j = 0; j < CH_VEC; ++j) wj[j] = w[c0 + j], bj[j] = b[c0 + j], gj[j] = group_of(c0 + j, Cg);
+  const ThreadChannels<acc_t, index_t, CH_VEC> ch = thread_channels<CH_VEC>(w, b, c0, Cg);
   struct Access {
     P x, dy;
     index_t out, nG;
@@ -231,7 +240,7 @@ __global__ void gn_grad_input_kernel(dptr<const scalar_t> dy, dptr<const scalar_
         acc_t m[CH_VEC], r[CH_VEC], k1[CH_VEC], k2[CH_VEC];  // the access's (sample, group) values
         FUSEDGAN_UNROLL
         for (int j = 0; j < CH_VEC; ++j) {
-          const index_t i = a.nG + gj[j];
+          const index_t i = a.nG + ch.g[j];
           m[j] = mean[i], r[j] = group[i], k1[j] = group[NG + i], k2[j] = group[2 * NG + i];
         }
         P out;
@@ -240,8 +249,8 @@ __global__ void gn_grad_input_kernel(dptr<const scalar_t> dy, dptr<const scalar_
           const int q = PACK_ROWS ? 0 : j;
           const acc_t xv = static_cast<acc_t>(a.x.v[j]);
           const acc_t d = activation_grad(static_cast<acc_t>(a.dy.v[j]),
-                                          pre_activation(xv, m[q], wj[q] * r[q], bj[q]), slope, act);
-          out.v[j] = static_cast<scalar_t>(group_grad_input(d, (xv - m[q]) * r[q], wj[q], r[q], k1[q], k2[q]));
+                                          pre_activation(xv, m[q], ch.w[q] * r[q], ch.b[q]), slope, act);
+          out.v[j] = static_cast<scalar_t>(group_grad_input(d, (xv - m[q]) * r[q], ch.w[q], r[q], k1[q], k2[q]));
         }
         store_as(dx + a.out, out);
       });
