@@ -151,14 +151,21 @@ def test_results_do_not_depend_on_the_schedule(monkeypatch, shape, channels_last
 def test_int64_offsets_give_the_same_bits(monkeypatch, shape, channels_last):
     x = random_input(shape, torch.float32, "cpu", channels_last)
     dy = torch.randn_like(x)
+    _assert_int64_offsets_give_the_same_bits(monkeypatch, lambda: _bn_step(x, dy))
+
+
+def _assert_int64_offsets_give_the_same_bits(monkeypatch, step):
+    """step() (which seeds what it draws) with int32 and with int64 offsets: the same bits,
+    each time from the kernels of that index type (the merges take no index type)."""
     results = []
     for wide in ("0", "1"):
         monkeypatch.setenv("FUSEDGAN_SIMT_INT64", wide)
         torch.manual_seed(0)
         _launches(True)
-        results.append(_bn_step(x, dy))
+        results.append(step())
         kernels = _launches(False)
-        assert all((", long int," in k) == (wide == "1") for k in kernels if "merge" not in k and "sum_splits" not in k)
+        assert all(bool(re.search(r", long int[,>]", k)) == (wide == "1")
+                   for k in kernels if "merge" not in k and "sum_splits" not in k)
     for a, b in zip(*results):
         assert torch.equal(a, b)
 
@@ -180,3 +187,87 @@ def test_empty_inputs_launch_nothing(shape):
 def test_auto_never_picks_the_emulation():
     assert resolve_backend("auto", torch.device("cpu")) != "cuda-sim"
     assert why_unusable("cuda-sim", "cuda") is not None and "cpu tensors" in why_unusable("cuda-sim", "cuda")
+
+
+# GroupNorm / InstanceNorm: (dtype, shape, groups, channels_last). The equivalence suite's
+# shapes (tests/test_group_norm_act.py) are small: one split per sample, one-element
+# accesses; these add, in every dtype, sample splits and 16-byte packs along rows (NCHW,
+# S = 2304), channel packs with splits (channels_last, S = 576), odd S, and (N, C) inputs.
+GN_PATH_CASES = [(dtype, *case) for dtype in TYPES for case in (
+    ((2, 4, 48, 48), 2, False), ((2, 8, 24, 24), 4, True), ((3, 6, 5, 7), 3, False), ((5, 6), 3, False))]
+
+
+def _gn_step(x, groups, dy=None, ops=None):
+    """One forward and backward of GroupNorm + LeakyReLU (the emulated ops by default);
+    returns every output."""
+    ops = ops or _ops()
+    C = x.shape[1]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    gen = torch.Generator().manual_seed(C)
+    w, b = torch.rand(C, dtype=acc, generator=gen) + 0.5, torch.randn(C, dtype=acc, generator=gen)
+    y, mean, var = ops.gn_act_forward(x, w, b, groups, 1e-5, 2, 0.2)
+    dy = torch.empty_like(x).copy_(torch.randn(x.shape, generator=gen)) if dy is None else dy  # x's layout
+    return (y, mean, var, *ops.gn_act_backward(dy, x, w, b, mean, var, groups, 1e-5, 2, 0.2))
+
+
+def test_group_norm_paths_reach_every_kernel_and_match_the_cpu_kernels():
+    _launches(True)
+    for dtype, shape, groups, channels_last in GN_PATH_CASES:
+        x = random_input(shape, dtype, "cpu", channels_last)
+        ours, cpu = _gn_step(x, groups), _gn_step(x, groups, ops=torch.ops.fusedgan)
+        if channels_last:
+            assert ours[0].is_contiguous(memory_format=torch.channels_last) and ours[3].is_contiguous(
+                memory_format=torch.channels_last)
+        tol = {torch.float64: 1e-10, torch.float32: 1e-4}.get(dtype, 2e-2)
+        for name, a, e in zip(("y", "mean", "var", "dx", "dweight", "dbias"), ours, cpu):
+            assert a.dtype == e.dtype and a.shape == e.shape, name
+            torch.testing.assert_close(a, e, rtol=tol, atol=tol, msg=f"{name} {dtype} {shape}")
+    for channels_last in (False, True):  # an expanded dy, split
+        x = random_input((2, 8, 24, 24), torch.float32, "cpu", channels_last)
+        dy = torch.ones(1, 1, 1, 1).expand_as(x)
+        for a, e in zip(_gn_step(x, 2, dy), _gn_step(x, 2, dy, ops=torch.ops.fusedgan)):
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+    gn = _launches(False)
+    missing = []
+    for dtype, (t, a, row_pack, channel_pack) in TYPES.items():
+        missing += [f"{k}<{t}, {a}, int>" for k in ("gn_channel_stats_kernel", "gn_grad_sums_kernel")]
+        for vec, pack_rows in ((1, "false"), (row_pack, "true"), (channel_pack, "false")):
+            missing += [f"{k}<{t}, {a}, int, {vec}, {pack_rows}>" for k in ("gn_apply_kernel", "gn_grad_input_kernel")]
+        missing += [f"{k}<{a}>" for k in ("gn_stats_merge_kernel", "gn_grad_merge_kernel", "sum_splits_kernel")]
+        assert gn[f"gn_channel_stats_kernel<{t}, {a}, int>"] > 1, f"no GroupNorm case splits samples in {dtype}"
+    missing = sorted(set(missing) - set(gn))
+    assert not missing, f"kernels no GroupNorm case reaches: {missing}"
+
+
+# (shape, groups, channels_last): NCHW split, channels_last split, odd S, (N, C).
+GN_SCHEDULE_CASES = [((2, 4, 48, 48), 2, False), ((2, 8, 24, 24), 4, True), ((3, 6, 5, 7), 6, False),
+                     ((40, 8), 2, False)]
+
+
+@pytest.mark.parametrize("shape,groups,channels_last", GN_SCHEDULE_CASES, ids=str)
+def test_group_norm_results_do_not_depend_on_the_schedule(monkeypatch, shape, groups, channels_last):
+    x = random_input(shape, torch.float32, "cpu", channels_last)
+    results = []
+    for seed in ("1", "2", "3"):
+        monkeypatch.setenv("FUSEDGAN_SIMT_SEED", seed)
+        results.append(_gn_step(x, groups))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape,groups,channels_last", GN_SCHEDULE_CASES, ids=str)
+def test_group_norm_int64_offsets_give_the_same_bits(monkeypatch, shape, groups, channels_last):
+    x = random_input(shape, torch.float32, "cpu", channels_last)
+    _assert_int64_offsets_give_the_same_bits(monkeypatch, lambda: _gn_step(x, groups))
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3, 3), (0, 6), (3, 4, 0)], ids=str)
+def test_group_norm_empty_inputs_launch_nothing(shape):
+    x = torch.randn(shape)
+    _launches(True)
+    y, mean, var, dx, dweight, dbias = _gn_step(x, 2)
+    assert not _launches(False)
+    assert y.shape == dx.shape == x.shape and mean.shape == var.shape == (shape[0], 2)
+    for t in (mean, var, dweight, dbias):
+        assert torch.equal(t, torch.zeros_like(t))

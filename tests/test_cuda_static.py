@@ -29,7 +29,9 @@ def test_no_spills_and_no_64_bit_division():
     kernels = cuda_static_check.check(binary, "sm_90")
     names = {k.name.split("<")[0] for k in kernels}
     assert {"bn_stats_kernel", "bn_apply_kernel", "bn_grad_sums_kernel", "bn_grad_input_kernel",
-            "bias_leaky_relu_kernel", "leaky_relu_grad_bias_kernel", "sum_splits_kernel"} <= names, names
+            "bias_leaky_relu_kernel", "leaky_relu_grad_bias_kernel", "sum_splits_kernel", "gn_channel_stats_kernel",
+            "gn_stats_merge_kernel", "gn_apply_kernel", "gn_grad_sums_kernel", "gn_grad_merge_kernel",
+            "gn_grad_input_kernel"} <= names, names
     assert not cuda_static_check.failures(kernels)
 
 

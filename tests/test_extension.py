@@ -165,6 +165,20 @@ def test_opcheck_layouts(namespace, device, layout):
         torch.library.opcheck(ops.leaky_relu_grad_bias, (torch.randn_like(x), x, 0.2, has_bias))
 
 
+@pytest.mark.parametrize("namespace,device", GN_OP_SETS)
+@pytest.mark.parametrize("layout", ["transposed", "channel_slice", "nc"])
+def test_opcheck_group_norm_layouts(namespace, device, layout):
+    """As test_opcheck_layouts, for GroupNorm, with strided (C,) parameters."""
+    ops = _ops(namespace)
+    x = torch.randn(4, 6, 5, 7, device=device)
+    x = {"transposed": x.transpose(2, 3), "channel_slice": x[:, ::2], "nc": x[:, :, 0, 0]}[layout]
+    w, b = (torch.rand(2 * x.shape[1], device=device)[::2] + 0.5 for _ in range(2))
+    for groups in (1, 3):
+        y, mean, var = ops.gn_act_forward(x, w, b, groups, 1e-5, 2, 0.2)
+        torch.library.opcheck(ops.gn_act_forward, (x, w, b, groups, 1e-5, 2, 0.2))
+        torch.library.opcheck(ops.gn_act_backward, (torch.randn_like(x), x, w, b, mean, var, groups, 1e-5, 2, 0.2))
+
+
 @pytest.mark.parametrize("namespace,device", OP_SETS)
 def test_opcheck_eval_statistics_in_low_precision_buffers(namespace, device):
     """Eval returns the running statistics in the accumulation dtype (fp32), whatever

@@ -1,0 +1,260 @@
+// GroupNorm / InstanceNorm + activation: the CUDA kernels (device code of both builds; the
+// launchers are in group_norm_act_launch.h). Reading: device.cuh's Rows and Cursor, and
+// batch_norm_act_kernels.cuh, whose walks these kernels share.
+//
+// Statistics are per (sample, group), over the Cg = C / G channels of the group and the S
+// positions of the sample. Both passes walk x as BatchNorm's do, as R = N * S rows by C
+// channels, so a warp's loads are adjacent in every layout (rows in NCHW, channels in
+// channels_last and (N, C)):
+//  - reductions (gn_channel_stats_kernel, gn_grad_sums_kernel) take per-(sample, channel)
+//    partial results: a block owns one sample's channel block and one split of that sample's
+//    S rows (grid x = sample * channel blocks + channel block, grid y = split), so a split
+//    never crosses samples. Partial results go to a (K, n_splits, N * C) workspace.
+//  - small merge kernels combine them, one thread per (sample, group) (or per channel), in
+//    a fixed order: channel by channel, each channel's splits in split order. No atomics:
+//    results are bitwise repeatable.
+//  - elementwise kernels (gn_apply_kernel, gn_grad_input_kernel) move packs like BatchNorm's;
+//    a thread's channels are fixed, and each access looks up its sample's group values (a few
+//    (N, G) floats, which stay in L1).
+// Bytes: forward reads x twice and writes y (3 x-sized passes); backward reads x and dy twice
+// and writes dx (5). The workspaces hold K values per (sample, channel, split): small next to
+// x unless S is tiny ((N, C) inputs: 3 accumulators per element of x).
+#pragma once
+
+#include "device.cuh"
+
+namespace fusedgan {
+namespace {
+
+// The block of a per-sample reduction: sample n, the thread's channel c, and the block's rows
+// [begin, end) of sample n (rows are n * S + s). c_blocks: channel blocks per sample.
+template <typename index_t>
+struct SampleSplit {
+  index_t n, c, begin, end;
+};
+template <typename index_t>
+FUSEDGAN_DEVICE SampleSplit<index_t> sample_split(const Rows<index_t>& rows, unsigned c_blocks) {
+  const unsigned n = unsigned(blockIdx.x) / c_blocks, cb = unsigned(blockIdx.x) - n * c_blocks;  // 32-bit, once
+  const index_t begin = index_t(n) * rows.S + index_t(blockIdx.y) * rows.rows_per_split;
+  return {index_t(n), (index_t(cb) << rows.c_shift) + rows.lane_c(), begin,
+          min_of(index_t(n) * rows.S + rows.S, begin + rows.rows_per_split)};
+}
+
+// The group of channel c: c / Cg, in 32 bits (C < 2^31), once per thread.
+template <typename index_t>
+FUSEDGAN_DEVICE index_t group_of(index_t c, int Cg) {
+  return index_t(unsigned(c) / unsigned(Cg));
+}
+
+// An elementwise thread's CH_VEC channels from c0: their weights, biases and groups.
+template <typename acc_t, typename index_t, int CH_VEC>
+struct ThreadChannels {
+  acc_t w[CH_VEC], b[CH_VEC];
+  index_t g[CH_VEC];
+};
+template <int CH_VEC, typename acc_t, typename index_t>
+FUSEDGAN_DEVICE ThreadChannels<acc_t, index_t, CH_VEC> thread_channels(dptr<const acc_t> w, dptr<const acc_t> b,
+                                                                       index_t c0, int Cg) {
+  ThreadChannels<acc_t, index_t, CH_VEC> ch;
+  FUSEDGAN_UNROLL
+  for (int j = 0; j < CH_VEC; ++j) ch.w[j] = w[c0 + j], ch.b[j] = b[c0 + j], ch.g[j] = group_of(c0 + j, Cg);
+  return ch;
+}
+
+// (count, mean, M2) of x over one (sample, channel) and split, written to part, a
+// (3, n_splits, N * C) tensor. A thread loads kItems rows at a time and merges their exact
+// two-pass statistics into its own (as bn_stats_kernel); the block merges its threads.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void gn_channel_stats_kernel(dptr<const scalar_t> x, dptr<acc_t> part, Rows<index_t> rows,
+                                        Strides<index_t> xs, unsigned c_blocks, int64_t N) {
+  const SampleSplit<index_t> b = sample_split(rows, c_blocks);
+  const bool active = b.c < rows.C;
+  const Cursor<index_t> step = rows.at(rows.row_lanes());
+  Cursor<index_t> cur = rows.at(b.begin + rows.lane_r());
+  Acc<acc_t, 3> stats{{0, 0, 0}};
+  while (active && cur.r < b.end) {
+    acc_t v[kItems];
+    int count = 0;
+    acc_t sum = 0;
+    FUSEDGAN_UNROLL
+    for (int k = 0; k < kItems; ++k) {
+      v[k] = 0;
+      if (cur.r < b.end) {
+        v[k] = static_cast<acc_t>(x[cur.offset(xs) + b.c * xs.c]);
+        sum += v[k];
+        ++count;
+      }
+      rows.advance(cur, step);
+    }
+    const acc_t mean = sum / acc_t(count);
+    acc_t m2 = 0;
+    FUSEDGAN_UNROLL
+    for (int k = 0; k < kItems; ++k) m2 += k < count ? (v[k] - mean) * (v[k] - mean) : acc_t(0);
+    WelfordMerge{}(stats, Acc<acc_t, 3>{{acc_t(count), mean, m2}});
+  }
+  stats = block_reduce(stats, rows.c_shift, WelfordMerge{});
+  if (!active || rows.lane_r() != 0) return;
+  const int64_t plane = int64_t(gridDim.y) * N * rows.C;
+  const int64_t at = (int64_t(blockIdx.y) * N + int64_t(b.n)) * rows.C + b.c;
+  FUSEDGAN_UNROLL
+  for (int k = 0; k < 3; ++k) part[k * plane + at] = stats.v[k];
+}
+
+// One thread per (sample, group) i: merges the group's channels in channel order, each
+// channel's splits in split order, into mean and biased var; rstd = 1 / sqrt(var + eps) as
+// coefficients() computes it (the elementwise kernels' z is the same bit for bit in
+// forward and backward). The group's (sample, channel) entries are i * Cg + j.
+template <typename acc_t>
+__global__ void gn_stats_merge_kernel(dptr<const acc_t> part, dptr<acc_t> mean_out, dptr<acc_t> var_out,
+                                      dptr<acc_t> rstd_out, int64_t NG, int64_t Cg, int64_t n_splits, acc_t eps) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= NG) return;
+  const int64_t plane = n_splits * NG * Cg;
+  Acc<acc_t, 3> stats{{0, 0, 0}};
+  for (int64_t j = i * Cg; j < (i + 1) * Cg; ++j)
+    for (int64_t k = 0; k < n_splits; ++k) {
+      const int64_t at = k * NG * Cg + j;
+      WelfordMerge{}(stats, Acc<acc_t, 3>{{part[at], part[plane + at], part[2 * plane + at]}});
+    }
+  const acc_t var = stats.v[2] / stats.v[0];
+  mean_out[i] = stats.v[1], var_out[i] = var;
+  rstd_out[i] = coefficients(stats.v[1], var, acc_t(1), acc_t(0), eps).invstd;
+}
+
+// y = act(z) for the rows of one (channel block, split), from each (sample, group)'s mean
+// and rstd. G groups of Cg channels.
+template <typename scalar_t, typename acc_t, typename index_t, int VEC, bool PACK_ROWS>
+__global__ void gn_apply_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<const acc_t> mean,
+                                dptr<const acc_t> rstd, dptr<const acc_t> w, dptr<const acc_t> b, Rows<index_t> rows,
+                                Strides<index_t> xs, Strides<index_t> ys, index_t G, int Cg, int act, acc_t slope) {
+  constexpr int CH_VEC = PACK_ROWS ? 1 : VEC;
+  using P = Pack<scalar_t, VEC>;
+  const index_t c0 = rows.channel(CH_VEC);
+  if (c0 >= rows.C) return;
+  const ThreadChannels<acc_t, index_t, CH_VEC> ch = thread_channels<CH_VEC>(w, b, c0, Cg);
+  struct Access {
+    P in;
+    index_t out, nG;
+  };
+  walk_rows<PACK_ROWS ? VEC : 1>(
+      rows,
+      [&](const Cursor<index_t>& cur) {
+        return Access{load_as<P>(x + (cur.offset(xs) + c0 * xs.c)), cur.offset(ys) + c0 * ys.c, cur.n * G};
+      },
+      [&](const Access& a) {
+        acc_t m[CH_VEC], scale[CH_VEC];  // the access's (sample, group) values, per channel
+        FUSEDGAN_UNROLL
+        for (int j = 0; j < CH_VEC; ++j) m[j] = mean[a.nG + ch.g[j]], scale[j] = ch.w[j] * rstd[a.nG + ch.g[j]];
+        P out;
+        FUSEDGAN_UNROLL
+        for (int j = 0; j < VEC; ++j) {
+          const int q = PACK_ROWS ? 0 : j;
+          out.v[j] = static_cast<scalar_t>(
+              activation(pre_activation(static_cast<acc_t>(a.in.v[j]), m[q], scale[q], ch.b[q]), slope, act));
+        }
+        store_as(y + a.out, out);
+      });
+}
+
+// Sums of dz * xhat and dz over one (sample, channel) and split, written to sums, a
+// (2, n_splits, N * C) tensor.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void gn_grad_sums_kernel(dptr<const scalar_t> dy, dptr<const scalar_t> x, dptr<const acc_t> mean,
+                                    dptr<const acc_t> var, dptr<const acc_t> w, dptr<const acc_t> b, dptr<acc_t> sums,
+                                    Rows<index_t> rows, Strides<index_t> dys, Strides<index_t> xs, unsigned c_blocks,
+                                    int64_t N, index_t G, int Cg, acc_t eps, int act, acc_t slope) {
+  const SampleSplit<index_t> blk = sample_split(rows, c_blocks);
+  const bool active = blk.c < rows.C;
+  const index_t i = blk.n * G + (active ? group_of(blk.c, Cg) : index_t(0));
+  const Coefficients<acc_t> k =
+      active ? coefficients(mean[i], var[i], w[blk.c], b[blk.c], eps) : Coefficients<acc_t>{};
+  const Cursor<index_t> step = rows.at(rows.row_lanes());
+  Cursor<index_t> cur = rows.at(blk.begin + rows.lane_r());
+  Acc<acc_t, 2> s{{0, 0}};  // (sum of dz * xhat, sum of dz)
+  while (active && cur.r < blk.end) {
+    FUSEDGAN_UNROLL
+    for (int u = 0; u < kItems; ++u) {
+      if (cur.r < blk.end) {
+        const acc_t xv = static_cast<acc_t>(x[cur.offset(xs) + blk.c * xs.c]);
+        const acc_t d = activation_grad(static_cast<acc_t>(dy[cur.offset(dys) + blk.c * dys.c]),
+                                        pre_activation(xv, k.mean, k.scale, k.bias), slope, act);
+        s.v[0] += d * ((xv - k.mean) * k.invstd);
+        s.v[1] += d;
+      }
+      rows.advance(cur, step);
+    }
+  }
+  s = block_reduce(s, rows.c_shift, SumMerge{});
+  if (!active || rows.lane_r() != 0) return;
+  const int64_t plane = int64_t(gridDim.y) * N * rows.C;
+  const int64_t at = (int64_t(blockIdx.y) * N + int64_t(blk.n)) * rows.C + blk.c;
+  sums[at] = s.v[0];
+  sums[plane + at] = s.v[1];
+}
+
+// One thread per (sample, group) i = n * G + g, from the per-(sample, channel) totals
+// (sum dz * xhat, sum dz), a (2, N * C) tensor: rstd and the group means of weight * dz and
+// weight * dz * xhat, into group, a (3, N * G) tensor. Channels added in order.
+template <typename acc_t>
+__global__ void gn_grad_merge_kernel(dptr<const acc_t> totals, dptr<const acc_t> var, dptr<const acc_t> w,
+                                     dptr<acc_t> group, int64_t NG, int64_t Cg, FastDivider<int64_t> by_G,
+                                     acc_t count, acc_t eps) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= NG) return;
+  const int64_t g = i - by_G.div(i) * by_G.divisor, NC = NG * Cg;
+  acc_t wdz = 0, wdz_xhat = 0;
+  for (int64_t j = 0; j < Cg; ++j) {
+    const acc_t wc = w[g * Cg + j];
+    wdz_xhat += wc * totals[i * Cg + j];
+    wdz += wc * totals[NC + i * Cg + j];
+  }
+  group[i] = coefficients(acc_t(0), var[i], acc_t(1), acc_t(0), eps).invstd;
+  group[NG + i] = wdz / count;
+  group[2 * NG + i] = wdz_xhat / count;
+}
+
+// dx for the rows of one (channel block, split): rstd * (w dz - mean_wdz - xhat * mean_wdz_xhat),
+// the (sample, group) values from group = (rstd, mean_wdz, mean_wdz_xhat), each (N * G).
+template <typename scalar_t, typename acc_t, typename index_t, int VEC, bool PACK_ROWS>
+__global__ void gn_grad_input_kernel(dptr<const scalar_t> dy, dptr<const scalar_t> x, dptr<scalar_t> dx,
+                                     dptr<const acc_t> mean, dptr<const acc_t> group, dptr<const acc_t> w,
+                                     dptr<const acc_t> b, Rows<index_t> rows, Strides<index_t> dys,
+                                     Strides<index_t> xs, Strides<index_t> dxs, index_t G, index_t NG, int Cg,
+                                     int act, acc_t slope) {
+  constexpr int CH_VEC = PACK_ROWS ? 1 : VEC;
+  using P = Pack<scalar_t, VEC>;
+  const index_t c0 = rows.channel(CH_VEC);
+  if (c0 >= rows.C) return;
+  const ThreadChannels<acc_t, index_t, CH_VEC> ch = thread_channels<CH_VEC>(w, b, c0, Cg);
+  struct Access {
+    P x, dy;
+    index_t out, nG;
+  };
+  walk_rows<PACK_ROWS ? VEC : 1>(
+      rows,
+      [&](const Cursor<index_t>& cur) {
+        return Access{load_as<P>(x + (cur.offset(xs) + c0 * xs.c)), load_as<P>(dy + (cur.offset(dys) + c0 * dys.c)),
+                      cur.offset(dxs) + c0 * dxs.c, cur.n * G};
+      },
+      [&](const Access& a) {
+        acc_t m[CH_VEC], r[CH_VEC], k1[CH_VEC], k2[CH_VEC];  // the access's (sample, group) values
+        FUSEDGAN_UNROLL
+        for (int j = 0; j < CH_VEC; ++j) {
+          const index_t i = a.nG + ch.g[j];
+          m[j] = mean[i], r[j] = group[i], k1[j] = group[NG + i], k2[j] = group[2 * NG + i];
+        }
+        P out;
+        FUSEDGAN_UNROLL
+        for (int j = 0; j < VEC; ++j) {
+          const int q = PACK_ROWS ? 0 : j;
+          const acc_t xv = static_cast<acc_t>(a.x.v[j]);
+          const acc_t d = activation_grad(static_cast<acc_t>(a.dy.v[j]),
+                                          pre_activation(xv, m[q], ch.w[q] * r[q], ch.b[q]), slope, act);
+          out.v[j] = static_cast<scalar_t>(group_grad_input(d, (xv - m[q]) * r[q], ch.w[q], r[q], k1[q], k2[q]));
+        }
+        store_as(dx + a.out, out);
+      });
+}
+
+}  // namespace
+}  // namespace fusedgan
