@@ -37,29 +37,53 @@ def kind_of(name):
     return "other (loss, noise, copies, autograd)"
 
 
-def profile(impl, args, steps=7, warmup=3):
-    """(median step seconds, {kind: seconds per step}) of one implementation."""
+def make_trainer(impl, args):
+    """examples/dcgan.py's Trainer for one implementation, and a batch of its fake images."""
     train_args = dcgan.parse_args(["--arch", args.arch, "--batch-size", str(args.batch_size), "--data", "fake",
                                    "--device", args.device])
     data, _ = dcgan.load_data("fake", train_args.img_size, 0)
     trainer = dcgan.Trainer(train_args, data, data.shape[1], torch.device(args.device), impl)
-    real = data[:args.batch_size].to(args.device)
-    for _ in range(warmup):
-        trainer.step(real)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        trainer.step(real)
-        times.append(time.perf_counter() - start)
+    return trainer, data[:args.batch_size].to(args.device)
+
+
+def timed_step(trainer, real):
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    trainer.step(real)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def paired_times(trainers, pairs, warmup=3):
+    """{impl: step seconds} over `pairs` rounds that run one step of each implementation in
+    turn, so that a slow stretch of a shared machine hits both alike."""
+    for trainer, real in trainers.values():
+        for _ in range(warmup):
+            trainer.step(real)
+    times = {impl: [] for impl in trainers}
+    for _ in range(pairs):
+        for impl, (trainer, real) in trainers.items():
+            times[impl].append(timed_step(trainer, real))
+    return times
+
+
+def shares(trainer, real, device, steps=7):
+    """{op kind: profiler self seconds per step} of one implementation."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
-                                + ([torch.profiler.ProfilerActivity.CUDA] if args.device != "cpu" else [])) as prof:
+                                + ([torch.profiler.ProfilerActivity.CUDA] if device != "cpu" else [])) as prof:
         for _ in range(steps):
             trainer.step(real)
-    shares = defaultdict(float)
+    result = defaultdict(float)
     for event in prof.key_averages():
-        seconds = (event.self_device_time_total if args.device != "cpu" else event.self_cpu_time_total) / 1e6
-        shares[kind_of(event.key)] += seconds / steps
-    return sorted(times)[len(times) // 2], dict(shares)
+        seconds = (event.self_device_time_total if device != "cpu" else event.self_cpu_time_total) / 1e6
+        result[kind_of(event.key)] += seconds / steps
+    return dict(result)
+
+
+def median(values):
+    return sorted(values)[len(values) // 2]
 
 
 def table(results):
@@ -72,7 +96,7 @@ def table(results):
             total = sum(shares.values())
             cells.append(f"{shares.get(kind, 0.0) * 1e3:.1f} ({100 * shares.get(kind, 0.0) / total:.0f}%)")
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    lines.append("| whole step (median, unprofiled) | " +
+    lines.append("| whole step (median of the paired steps, unprofiled) | " +
                  " | ".join(f"{median * 1e3:.1f}" for median, _ in results.values()) + " |")
     return "\n".join(lines)
 
@@ -82,15 +106,19 @@ def main():
     parser.add_argument("--arch", choices=["dcgan", "seed"], default="dcgan")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--pairs", type=int, default=21, help="timed steps of each implementation, taken in turn")
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args()
-    results = {impl: profile(impl, args) for impl in ("stock", "fused")}
+    trainers = {impl: make_trainer(impl, args) for impl in ("stock", "fused")}
+    times = paired_times(trainers, args.pairs)
+    results = {impl: (median(times[impl]), shares(*trainers[impl], args.device)) for impl in trainers}
     text = table(results)
-    stock, fused = results["stock"][0], results["fused"][0]
+    ratios = [s / f for s, f in zip(times["stock"], times["fused"])]
     share = results["stock"][1].get("BatchNorm + activation", 0.0) / sum(results["stock"][1].values())
-    text += (f"\n\n{args.arch}, batch {args.batch_size}, {args.device}: fused step {stock / fused:.2f}x stock; "
-             f"BatchNorm + activation is {100 * share:.0f}% of stock's step, so even infinitely fast layers "
-             f"would give at most {1 / (1 - share):.2f}x.")
+    text += (f"\n\n{args.arch}, batch {args.batch_size}, {args.device}: fused step {median(ratios):.2f}x stock "
+             f"(median of {args.pairs} paired steps; quartiles {sorted(ratios)[len(ratios) // 4]:.2f}x-"
+             f"{sorted(ratios)[3 * len(ratios) // 4]:.2f}x); BatchNorm + activation is {100 * share:.0f}% of "
+             f"stock's step, so even infinitely fast layers would give at most {1 / (1 - share):.2f}x.")
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")

@@ -9,14 +9,19 @@
 #define FUSEDGAN_DEBUG_BUILD 0
 #endif
 
+namespace fusedgan {
+int add_python_entries(PyObject* module);  // python_entries.cpp
+}
+
 extern "C" {
-// A Python module with one attribute, `debug` (1 for a FUSEDGAN_DEBUG=1 build): `import
-// fusedgan._C` loads this library and runs the registrations below (no pybind11 functions
-// are needed).
+// A Python module with `debug` (1 for a FUSEDGAN_DEBUG=1 build) and the entry ops as plain
+// functions (python_entries.cpp): `import fusedgan._C` loads this library and runs the
+// registrations below.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   PyObject* module = PyModule_Create(&module_def);
-  if (module != nullptr && PyModule_AddIntConstant(module, "debug", FUSEDGAN_DEBUG_BUILD) < 0) {
+  if (module != nullptr && (PyModule_AddIntConstant(module, "debug", FUSEDGAN_DEBUG_BUILD) < 0 ||
+                            fusedgan::add_python_entries(module) < 0)) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -84,8 +84,13 @@ def ops(backend):
 
 
 # The eager entry ops (csrc/autograd/): checks, kernels, running statistics and backward
-# in one dispatcher call. Called directly (the OpOverload, not the packet) to keep
-# eager calls as cheap as stock's; None when _C is not loaded.
+# in one call, by family: (the OpOverload, for calls the dispatcher must see; the same C++
+# function bound as a plain function of _C, without the boxing of a dispatcher call from
+# Python, csrc/python_entries.cpp). None when _C is not loaded.
 ENTRY_BACKENDS = ("cpu", "cuda")
-batch_norm_act = torch.ops.fusedgan.batch_norm_act.default if _load_error is None else None
-conv2d_leaky_relu = torch.ops.fusedgan.conv2d_leaky_relu.default if _load_error is None else None
+if _load_error is None:
+    _C = importlib.import_module("fusedgan._C")
+    ENTRY_OPS = {"bn_act": (torch.ops.fusedgan.batch_norm_act.default, _C.batch_norm_act),
+                 "conv_act": (torch.ops.fusedgan.conv2d_leaky_relu.default, _C.conv2d_leaky_relu)}
+else:
+    ENTRY_OPS = None

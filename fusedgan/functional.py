@@ -82,12 +82,23 @@ def _check_norm_arguments(input, running_mean, running_var, weight, bias, moment
     return act
 
 
-def _uses_entry_op(input, backend, family="bn_act"):
-    """Whether an eager call on `input` goes through a C++ entry op (fusedgan._extension):
-    a non-empty input whose backend is a C++ one, outside torch.compile (which traces the
-    Python path)."""
-    return (input.numel() > 0 and not torch.compiler.is_compiling()
-            and resolve_backend(check_backend_name(backend), input.device, family) in _extension.ENTRY_BACKENDS)
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _entry_op(input, backend, family, *tensors):
+    """The C++ entry op (fusedgan._extension) an eager call on `input` goes through, or None
+    for the Python path: a non-empty input whose backend is a C++ one, outside torch.compile
+    (which traces the Python path). The op is the plain _C function when every tensor
+    argument is a plain tensor (or Parameter) and no torch function or dispatch mode or
+    functorch transform is active, so nothing needs the dispatcher to see the call; else
+    the dispatcher op."""
+    if (input.numel() == 0 or torch.compiler.is_compiling()
+            or resolve_backend(check_backend_name(backend), input.device, family) not in _extension.ENTRY_BACKENDS):
+        return None
+    plain = (type(input) in _PLAIN_TENSORS and all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)
+             and not (torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack()
+                      or torch._C._are_functorch_transforms_active()))
+    return _extension.ENTRY_OPS[family][plain]
 
 
 def _stock_composition_fits(input, *channel_tensors):
@@ -155,10 +166,11 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     input must then be a tensor nothing else reads afterwards.
     """
     if (isinstance(input, torch.Tensor) and not (sync or inplace) and type(momentum) in _NUMBER
-            and type(eps) in _NUMBER and type(negative_slope) in _NUMBER and _uses_entry_op(input, backend)):
+            and type(eps) in _NUMBER and type(negative_slope) in _NUMBER
+            and (entry := _entry_op(input, backend, "bn_act", weight, bias, running_mean, running_var))):
         # The C++ entry op checks every argument as below, with the same messages.
-        return _extension.batch_norm_act(input, weight, bias, running_mean, running_var, None, bool(training),
-                                         momentum, eps, activation_code(activation), negative_slope)
+        return entry(input, weight, bias, running_mean, running_var, None, bool(training), momentum, eps,
+                     activation_code(activation), negative_slope)
     act = _check_norm_arguments(input, running_mean, running_var, weight, bias, momentum, eps, activation,
                                 negative_slope, backend, None if training else "training=False")
     if process_group is not None and not sync:
@@ -274,10 +286,10 @@ def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1,
     ReLU); the arguments of torch.nn.functional.conv2d, with zero padding."""
     if (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and type(groups) is int
             and type(negative_slope) in _NUMBER and not torch.is_autocast_enabled(input.device.type)
-            and _uses_entry_op(input, backend, "conv_act")):
+            and (entry := _entry_op(input, backend, "conv_act", weight, bias))):
         # The C++ entry op checks every argument as below, with the same messages.
-        return _extension.conv2d_leaky_relu(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
-                                            _pair(dilation, "dilation"), groups, negative_slope)
+        return entry(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
+                     _pair(dilation, "dilation"), groups, negative_slope)
     _check_input(input)
     if isinstance(weight, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
         # As torch's conv2d under autocast: run in the autocast dtype (casts are differentiable).

@@ -5,10 +5,9 @@ import warnings
 import torch.nn.functional as F
 from torch import nn
 
-from fusedgan import _extension
 from fusedgan._activation import activation_code
 from fusedgan._backends import check_backend_name
-from fusedgan.functional import _uses_entry_op, batch_norm_act, conv2d_leaky_relu, group_norm_act, instance_norm_act
+from fusedgan.functional import _entry_op, batch_norm_act, conv2d_leaky_relu, group_norm_act, instance_norm_act
 
 __all__ = ["FusedBatchNorm", "FusedBNReLU", "FusedBNLeakyReLU", "FusedConvLeakyReLU", "FusedGroupNormReLU",
            "FusedGroupNormLeakyReLU", "FusedInstanceNormReLU", "FusedInstanceNormLeakyReLU"]
@@ -75,16 +74,18 @@ class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
         # As nn.modules.batchnorm._BatchNorm.forward, except that momentum=None's
         # cumulative average stays a tensor (no host synchronisation).
         counted = self.training and self.track_running_stats and self.num_batches_tracked is not None
-        if not (self.sync or self.inplace) and _uses_entry_op(input, self.backend):
+        # The parameter and buffer dicts are read directly: nn.Module's attribute lookup costs
+        # about a microsecond a name, a visible part of a small layer's call.
+        params, buffers, keep = self._parameters, self._buffers, not self.training or self.track_running_stats
+        weight, bias = params["weight"], params["bias"]
+        mean, var = (buffers["running_mean"], buffers["running_var"]) if keep else (None, None)
+        if not (self.sync or self.inplace) and (entry := _entry_op(input, self.backend, "bn_act", weight, bias, mean,
+                                                                  var)):
             # One C++ call, which also counts the batch and updates the running statistics.
-            # The parameter and buffer dicts are read directly: nn.Module's attribute lookup
-            # costs about a microsecond a name, a visible part of a small layer's call.
-            params, buffers, keep = self._parameters, self._buffers, not self.training or self.track_running_stats
-            return _extension.batch_norm_act(
-                input, params["weight"], params["bias"], buffers["running_mean"] if keep else None,
-                buffers["running_var"] if keep else None, buffers["num_batches_tracked"] if counted else None,
-                self.training or buffers["running_mean"] is None,
-                self.momentum if counted else (self.momentum or 0.0), self.eps, self._act, self._negative_slope())
+            return entry(input, weight, bias, mean, var, buffers["num_batches_tracked"] if counted else None,
+                         self.training or buffers["running_mean"] is None,
+                         self.momentum if counted else (self.momentum or 0.0), self.eps, self._act,
+                         self._negative_slope())
         momentum = 0.0 if self.momentum is None else self.momentum
         if counted:
             self.num_batches_tracked.add_(1)

@@ -190,11 +190,14 @@ def test_auto_never_picks_the_emulation():
 
 
 # GroupNorm / InstanceNorm: (dtype, shape, groups, channels_last). The equivalence suite's
-# shapes (tests/test_group_norm_act.py) are small: one split per sample, one-element
-# accesses; these add, in every dtype, sample splits and 16-byte packs along rows (NCHW,
-# S = 2304), channel packs with splits (channels_last, S = 576), odd S, and (N, C) inputs.
+# shapes (tests/test_group_norm_act.py) are small and mostly one-pass; these add, in every
+# dtype, tiled paths: sample splits and 16-byte packs along rows (NCHW, S = 2304), channel
+# packs with splits (channels_last, S = 576), odd S with groups of 3 channels (never
+# one-pass); and one-pass paths: groups of 2 channels in 4-channel NCHW blocks, InstanceNorm
+# in channels_last (6 of a block's 8 channel lanes active), (N, C) inputs.
 GN_PATH_CASES = [(dtype, *case) for dtype in TYPES for case in (
-    ((2, 4, 48, 48), 2, False), ((2, 8, 24, 24), 4, True), ((3, 6, 5, 7), 3, False), ((5, 6), 3, False))]
+    ((2, 4, 48, 48), 2, False), ((2, 8, 24, 24), 4, True), ((3, 6, 5, 7), 2, False), ((3, 6, 5, 7), 3, False),
+    ((2, 6, 9, 7), 6, True), ((5, 6), 3, False))]
 
 
 def _gn_step(x, groups, dy=None, ops=None):
@@ -230,16 +233,18 @@ def test_group_norm_paths_reach_every_kernel_and_match_the_cpu_kernels():
     gn = _launches(False)
     missing = []
     for dtype, (t, a, row_pack, channel_pack) in TYPES.items():
-        missing += [f"{k}<{t}, {a}, int>" for k in ("gn_channel_stats_kernel", "gn_grad_sums_kernel")]
+        missing += [f"{k}<{t}, {a}, int, {one_pass}>" for k in ("gn_channel_stats_kernel", "gn_grad_sums_kernel")
+                    for one_pass in ("true", "false")]
         for vec, pack_rows in ((1, "false"), (row_pack, "true"), (channel_pack, "false")):
             missing += [f"{k}<{t}, {a}, int, {vec}, {pack_rows}>" for k in ("gn_apply_kernel", "gn_grad_input_kernel")]
         missing += [f"{k}<{a}>" for k in ("gn_stats_merge_kernel", "gn_grad_merge_kernel", "sum_splits_kernel")]
-        assert gn[f"gn_channel_stats_kernel<{t}, {a}, int>"] > 1, f"no GroupNorm case splits samples in {dtype}"
+        assert gn[f"gn_channel_stats_kernel<{t}, {a}, int, false>"] > 1, f"no GroupNorm case splits samples in {dtype}"
     missing = sorted(set(missing) - set(gn))
     assert not missing, f"kernels no GroupNorm case reaches: {missing}"
 
 
-# (shape, groups, channels_last): NCHW split, channels_last split, odd S, (N, C).
+# (shape, groups, channels_last): tiled NCHW and channels_last with splits; one-pass InstanceNorm
+# with odd S, one-pass (N, C) with groups of 4 channel lanes.
 GN_SCHEDULE_CASES = [((2, 4, 48, 48), 2, False), ((2, 8, 24, 24), 4, True), ((3, 6, 5, 7), 6, False),
                      ((40, 8), 2, False)]
 

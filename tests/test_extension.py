@@ -8,8 +8,10 @@ import textwrap
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 from _helpers import DEVICES
 
+import fusedgan
 from fusedgan import _extension
 from fusedgan._backends import why_unusable
 from fusedgan._ops import FAMILIES, OPS, SCHEMAS
@@ -247,3 +249,47 @@ def test_fakes_check_their_inputs_as_the_kernels_do():
             op(*args)
         with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
             op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+
+
+class _SeenOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """A dispatch mode that records the ops it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@needs_extension
+def test_eager_calls_take_the_plain_entry_unless_the_dispatcher_must_see_them():
+    """An eager fused layer on plain CPU tensors calls the entry op as a plain _C function
+    (no boxing through torch.ops); under a dispatch mode, or with a tensor subclass argument,
+    it goes through the dispatcher op. Both give the same bits."""
+    from fusedgan import functional as fn
+
+    dispatcher, plain = _extension.ENTRY_OPS["bn_act"]
+    x = torch.randn(2, 3, 5, 5)
+    assert fn._entry_op(x, "cpu", "bn_act", torch.nn.Parameter(torch.ones(3)), None) is plain
+    assert fn._entry_op(x, "cpu", "bn_act", torch.ones(3).as_subclass(_Marked)) is dispatcher
+    assert fn._entry_op(x.as_subclass(_Marked), "cpu", "bn_act") is dispatcher
+    assert fn._entry_op(torch.empty(0, 3, 5, 5), "cpu", "bn_act") is None
+    assert fn._entry_op(x, "torch", "bn_act") is None
+    with _SeenOps():
+        assert fn._entry_op(x, "cpu", "bn_act") is dispatcher
+
+    conv = fusedgan.FusedConvLeakyReLU(3, 4, 3, padding=1, negative_slope=0.2, backend="cpu")
+    layer = fusedgan.FusedBNLeakyReLU(4, 0.2, backend="cpu")
+    outputs = conv(x), layer(conv(x))
+    with _SeenOps() as mode:
+        seen = conv(x), layer(conv(x))
+    # The mode sits below autograd: it sees the kernels the entry ops call.
+    assert {"fusedgan.conv_leaky_relu_forward", "fusedgan.bn_act_forward"} <= mode.seen, mode.seen
+    for a, b in zip(outputs, seen):
+        assert torch.equal(a, b)
+
+
+class _Marked(torch.Tensor):
+    """A tensor subclass (with torch function handling, as a DTensor has)."""

@@ -23,6 +23,7 @@
 #include "../bn_act_math.h"
 #include "../op_checks.h"
 #include "../outputs.h"
+#include "entry_ops.h"
 #include "op_handle.h"
 
 namespace fusedgan {
@@ -78,7 +79,7 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
                                const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
                                bool training, double eps, int64_t act, double slope) {
     static const auto forward_op = find_op<ForwardOp>("fusedgan::bn_act_forward");
-    auto [y, mean, var] = forward_op.call(x, weight, bias, running_mean, running_var, training, eps, act, slope);
+    auto [y, mean, var] = call_kernel(forward_op, x, weight, bias, running_mean, running_var, training, eps, act, slope);
     ctx->save_for_backward({x, weight, bias, mean, var});
     ctx->saved_data["training"] = training;
     ctx->saved_data["eps"] = eps;
@@ -99,7 +100,8 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
         at::GradMode::is_enabled()
             ? differentiable_backward(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], training, eps, act,
                                       slope)
-            : backward_op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], training, eps, act, slope);
+            : call_kernel(backward_op, grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], training, eps, act,
+                          slope);
     return {ctx->needs_input_grad(0) ? dx : Tensor(), ctx->needs_input_grad(1) ? dweight : Tensor(),
             ctx->needs_input_grad(2) ? dbias : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
@@ -160,6 +162,8 @@ void count_batch(const Tensor& num_batches_tracked) {
   }
 }
 
+}  // namespace
+
 Tensor batch_norm_act(const Tensor& input, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
                       const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
                       const std::optional<Tensor>& num_batches_tracked, bool training, std::optional<double> momentum,
@@ -199,8 +203,6 @@ Tensor batch_norm_act(const Tensor& input, const std::optional<Tensor>& weight, 
     update_running_stats(*running_mean, *running_var, num_batches_tracked, outputs[1], outputs[2], count, momentum);
   return outputs[0];
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(fusedgan, Autograd, m) { m.impl("batch_norm_act", &batch_norm_act); }
 // Below autograd (inference mode), the same function: it records no graph there.

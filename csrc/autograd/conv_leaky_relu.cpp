@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../op_checks.h"
+#include "entry_ops.h"
 #include "op_handle.h"
 
 namespace fusedgan {
@@ -34,7 +35,7 @@ struct ConvLeakyRelu : public torch::autograd::Function<ConvLeakyRelu> {
                                const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding,
                                IntArrayRef dilation, int64_t groups, double slope) {
     static const auto forward_op = find_op<ForwardOp>("fusedgan::conv_leaky_relu_forward");
-    Tensor y = forward_op.call(x, weight, bias, stride, padding, dilation, groups, slope);
+    Tensor y = call_kernel(forward_op, x, weight, bias, stride, padding, dilation, groups, slope);
     ctx->save_for_backward({x, weight, y});
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = padding;
@@ -56,7 +57,7 @@ struct ConvLeakyRelu : public torch::autograd::Function<ConvLeakyRelu> {
       if (need_bias) dbias = dz.sum({0, 2, 3});
     } else {
       static const auto grad_bias_op = find_op<GradBiasOp>("fusedgan::leaky_relu_grad_bias");
-      std::tie(dz, dbias) = grad_bias_op.call(grads[0], y, slope, need_bias);
+      std::tie(dz, dbias) = call_kernel(grad_bias_op, grads[0], y, slope, need_bias);
     }
     const auto stride = ctx->saved_data["stride"].toIntVector(), padding = ctx->saved_data["padding"].toIntVector(),
                dilation = ctx->saved_data["dilation"].toIntVector();
@@ -110,13 +111,13 @@ void check_conv_arguments(const Tensor& input, const Tensor& weight, const std::
   check_scalar(slope, "negative_slope", 0.0);
 }
 
+}  // namespace
+
 Tensor conv2d_leaky_relu(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                          IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups, double slope) {
   check_conv_arguments(input, weight, bias, stride, padding, dilation, groups, slope);
   return ConvLeakyRelu::apply(input, weight, bias, stride, padding, dilation, groups, slope)[0];
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(fusedgan, Autograd, m) { m.impl("conv2d_leaky_relu", &conv2d_leaky_relu); }
 // Below autograd (inference mode), the same function: it records no graph there.

@@ -3,7 +3,8 @@
 //  - rows (contiguous NCHW): a (sample, group) is one run of Cg * S values. Threads take
 //    (sample, group) pairs; each one's statistics come from exact chunk statistics merged in
 //    order, and its output follows while the run is in cache (x comes from memory once
-//    when the run fits the cache, 2N bytes forward and 3N backward).
+//    when the run fits the cache, 2N bytes forward and 3N backward); fp32 outputs of 8 MiB
+//    and more are written with streaming stores, as BatchNorm's (norm_loops.h, write_run).
 //  - channels (channels_last, and (N, C) or (N, C, L) inputs copied to it by layout_of):
 //    sample by sample, per-channel statistics over fixed row blocks merged in block order,
 //    then the channels of each group merged in channel order.
@@ -51,6 +52,7 @@ void forward_rows(const Layout& L, int64_t G, const std::vector<double>& w, cons
   using opmath_t = at::opmath_type<scalar_t>;
   const scalar_t* x = L.t.data_ptr<scalar_t>();
   const int64_t C = L.C, S = L.S, Cg = C / G;
+  const bool stream = L.t.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes;
   at::parallel_for(0, L.N * G, grain(Cg * S), [&, x, y, slope](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {  // i = n * G + g
       const scalar_t* run = x + i * Cg * S;
@@ -64,10 +66,13 @@ void forward_rows(const Layout& L, int64_t G, const std::vector<double>& w, cons
       const double rstd = 1.0 / std::sqrt(var_v[i] + eps);
       for (int64_t j = 0; j < Cg; ++j) {
         const int64_t c = (i % G) * Cg + j;
-        apply_run<scalar_t, opmath_t, act>(run + j * S, y + i * Cg * S + j * S, S, opmath_t(mean),
-                                           opmath_t(w[c] * rstd), opmath_t(b[c]), slope);
+        write_run(y + (i * Cg + j) * S, S, stream, [&](scalar_t* dst, int64_t s0, int64_t n) {
+          apply_run<scalar_t, opmath_t, act>(run + j * S + s0, dst, n, opmath_t(mean), opmath_t(w[c] * rstd),
+                                             opmath_t(b[c]), slope);
+        });
       }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -155,6 +160,7 @@ void backward_rows(const Layout& L, const scalar_t* dy, int64_t G, const std::ve
   using opmath_t = at::opmath_type<scalar_t>;
   const scalar_t* x = L.t.data_ptr<scalar_t>();
   const int64_t C = L.C, S = L.S, Cg = C / G;
+  const bool stream = L.t.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes;
   at::parallel_for(0, L.N * G, grain(Cg * S), [&, x, dy, dx, slope](int64_t i0, int64_t i1) {
     opmath_t x_buf[kChunk], dy_buf[kChunk];
     for (int64_t i = i0; i < i1; ++i) {
@@ -173,9 +179,12 @@ void backward_rows(const Layout& L, const scalar_t* dy, int64_t G, const std::ve
       group_means(st, i, sum_dz, sum_dzx, w, G, C, S);
       for (int64_t j = 0; j < Cg; ++j) {  // dx while the group's runs are in cache
         const int64_t c = (i % G) * Cg + j, offset = (i * Cg + j) * S;
-        grad_input_values<scalar_t, opmath_t, act>(x + offset, dy + offset, dx + offset, S, st, w[c], b[c], slope);
+        write_run(dx + offset, S, stream, [&](scalar_t* dst, int64_t s0, int64_t n) {
+          grad_input_values<scalar_t, opmath_t, act>(x + offset + s0, dy + offset + s0, dst, n, st, w[c], b[c], slope);
+        });
       }
     }
+    if (stream) stream_fence();
   });
 }
 

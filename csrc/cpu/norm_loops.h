@@ -1,6 +1,7 @@
 // Loops the normalization + activation kernels of the CPU backend share: exact chunk
 // statistics, lane sums for the backward's reductions, and the per-run (rows layout) and
-// per-row (channels layout) loops over values with per-channel mean, scale and bias.
+// per-row (channels layout) loops over values with per-channel mean, scale and bias, and
+// the streaming stores of large fp32 outputs.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,6 +18,10 @@
 #include "../bn_act_math.h"
 #include "helpers.h"
 #include "layout.h"
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace fusedgan {
 namespace {
@@ -124,6 +129,50 @@ void for_chunks(const scalar_t* p, int64_t len, F&& f) {
     const int64_t n = std::min(kChunk, len - s0);
     f(as_opmath(p + s0, n, buf), n);
   }
+}
+
+// fp32 outputs of at least this size are written with streaming (non-temporal) stores:
+// they skip reading each output line before writing it, a third of the write traffic, and
+// an output this large does not stay cached beside its inputs anyway. Measured on the
+// 2-core CPU (training steps, NCHW fp32): 13% faster at 16 MiB (64x64x32x32), 7% at 8 MiB,
+// but 10-20% slower at 2-4 MiB, where outputs were still cached for the next op.
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// out[0, len) = buf[0, len): non-temporal stores where out is 32-byte aligned.
+inline void stream_store(float* out, const float* buf, int64_t len) {
+#if defined(__AVX__)
+  int64_t i = 0;
+  for (; i < len && (reinterpret_cast<std::uintptr_t>(out + i) & 31); ++i) out[i] = buf[i];
+  for (; i + 8 <= len; i += 8) _mm256_stream_ps(out + i, _mm256_loadu_ps(buf + i));
+  for (; i < len; ++i) out[i] = buf[i];
+#else
+  std::copy(buf, buf + len, out);
+#endif
+}
+
+// Orders a thread's streaming stores before whatever reads the output after the op.
+inline void stream_fence() {
+#if defined(__AVX__)
+  _mm_sfence();
+#endif
+}
+
+// Writes one run of len outputs at out: compute(dst, s0, n) writes outputs [s0, s0 + n) to
+// dst. When streaming (fp32 only), they are computed in L1-sized chunks and streamed out.
+template <typename scalar_t, typename F>
+void write_run(scalar_t* out, int64_t len, bool stream, F&& compute) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (stream) {
+      float buf[kChunk];
+      for (int64_t s0 = 0; s0 < len; s0 += kChunk) {
+        const int64_t n = std::min(kChunk, len - s0);
+        compute(buf, s0, n);
+        stream_store(out + s0, buf, n);
+      }
+      return;
+    }
+  }
+  compute(out, 0, len);
 }
 
 // Rows [r0, r1) of the channels layout, as functions with __restrict__ arguments: with

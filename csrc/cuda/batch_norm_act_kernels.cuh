@@ -30,30 +30,8 @@ __global__ void bn_stats_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
   const index_t c = rows.channel(1), r_end = rows.split_end();
   const bool active = c < rows.C;
   const Cursor<index_t> first = rows.at(rows.split_begin() + rows.lane_r()), step = rows.at(rows.row_lanes());
-  Cursor<index_t> cur = first;
-  Acc<acc_t, 3> stats{{0, 0, 0}};
   acc_t v[kItems];
-  do {
-    int count = 0;
-    acc_t sum = 0;
-    FUSEDGAN_UNROLL
-    for (int k = 0; k < kItems; ++k) {
-      v[k] = 0;
-      if (active && cur.r < r_end) {
-        v[k] = static_cast<acc_t>(x[cur.offset(xs) + c * xs.c]);
-        sum += v[k];
-        ++count;
-      }
-      rows.advance(cur, step);
-    }
-    if (count > 0) {
-      const acc_t mean = sum / acc_t(count);
-      acc_t m2 = 0;
-      FUSEDGAN_UNROLL
-      for (int k = 0; k < kItems; ++k) m2 += k < count ? (v[k] - mean) * (v[k] - mean) : acc_t(0);
-      WelfordMerge{}(stats, Acc<acc_t, 3>{{acc_t(count), mean, m2}});
-    }
-  } while (!ONE_PASS && active && cur.r < r_end);
+  Acc<acc_t, 3> stats = thread_stats<ONE_PASS>(x, xs, c, active, rows, first, step, r_end, v);
   stats = block_reduce(stats, rows.c_shift, WelfordMerge{});
   if (!active) return;
   if (!ONE_PASS) {
@@ -68,7 +46,7 @@ __global__ void bn_stats_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
   const acc_t var = stats.v[2] / stats.v[0];
   if (rows.lane_r() == 0) mean_out[c] = stats.v[1], var_out[c] = var;
   const Coefficients<acc_t> k = coefficients(stats.v[1], var, w[c], b[c], eps);
-  cur = first;
+  Cursor<index_t> cur = first;
   FUSEDGAN_UNROLL
   for (int i = 0; i < kItems; ++i) {
     if (cur.r < r_end)

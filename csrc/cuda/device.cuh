@@ -222,6 +222,39 @@ struct WelfordMerge {
   }
 };
 
+// One thread's (count, mean, M2) over its rows of channel c, from cur in steps of `step` up
+// to row `end`: kItems rows loaded at a time (loads in flight together), their exact
+// two-pass statistics merged into the thread's (Chan). ONE_PASS: one load of kItems rows,
+// left in v for the caller's output pass (0 past the end and for an inactive thread).
+template <bool ONE_PASS, typename scalar_t, typename acc_t, typename index_t>
+FUSEDGAN_DEVICE Acc<acc_t, 3> thread_stats(dptr<const scalar_t> x, const Strides<index_t>& xs, index_t c, bool active,
+                                           const Rows<index_t>& rows, Cursor<index_t> cur,
+                                           const Cursor<index_t>& step, index_t end, acc_t (&v)[kItems]) {
+  Acc<acc_t, 3> stats{{0, 0, 0}};
+  do {
+    int count = 0;
+    acc_t sum = 0;
+    FUSEDGAN_UNROLL
+    for (int k = 0; k < kItems; ++k) {
+      v[k] = 0;
+      if (active && cur.r < end) {
+        v[k] = static_cast<acc_t>(x[cur.offset(xs) + c * xs.c]);
+        sum += v[k];
+        ++count;
+      }
+      rows.advance(cur, step);
+    }
+    if (count > 0) {
+      const acc_t mean = sum / acc_t(count);
+      acc_t m2 = 0;
+      FUSEDGAN_UNROLL
+      for (int k = 0; k < kItems; ++k) m2 += k < count ? (v[k] - mean) * (v[k] - mean) : acc_t(0);
+      WelfordMerge{}(stats, Acc<acc_t, 3>{{acc_t(count), mean, m2}});
+    }
+  } while (!ONE_PASS && active && cur.r < end);
+  return stats;
+}
+
 // 1 / sqrt(var + eps) and weight times it: one formula for every kernel, so forward and
 // backward compute the same pre-activation z (and the same activation mask) bit for bit.
 template <typename acc_t>

@@ -6,19 +6,24 @@
 // positions of the sample. Both passes walk x as BatchNorm's do, as R = N * S rows by C
 // channels, so a warp's loads are adjacent in every layout (rows in NCHW, channels in
 // channels_last and (N, C)):
-//  - reductions (gn_channel_stats_kernel, gn_grad_sums_kernel) take per-(sample, channel)
-//    partial results: a block owns one sample's channel block and one split of that sample's
-//    S rows (grid x = sample * channel blocks + channel block, grid y = split), so a split
-//    never crosses samples. Partial results go to a (K, n_splits, N * C) workspace.
-//  - small merge kernels combine them, one thread per (sample, group) (or per channel), in
-//    a fixed order: channel by channel, each channel's splits in split order. No atomics:
-//    results are bitwise repeatable.
-//  - elementwise kernels (gn_apply_kernel, gn_grad_input_kernel) move packs like BatchNorm's;
-//    a thread's channels are fixed, and each access looks up its sample's group values (a few
-//    (N, G) floats, which stay in L1).
-// Bytes: forward reads x twice and writes y (3 x-sized passes); backward reads x and dy twice
-// and writes dx (5). The workspaces hold K values per (sample, channel, split): small next to
-// x unless S is tiny ((N, C) inputs: 3 accumulators per element of x).
+//  - one-pass (a block holds a sample's S rows of whole groups: S <= its row lanes * kItems,
+//    Cg a power of two within its channel lanes; InstanceNorm on small images): the
+//    reduction kernels keep each thread's rows in registers, merge each group's channels
+//    inside the block (group_reduce) and write y or dx themselves.
+//  - tiled, otherwise: the reductions (gn_channel_stats_kernel, gn_grad_sums_kernel) take
+//    per-(sample, channel) partial results: a block owns one sample's channel block and one
+//    split of that sample's S rows (grid x = sample * channel blocks + channel block, grid
+//    y = split), so a split never crosses samples. Partial results go to a (K, n_splits,
+//    N * C) workspace. Small merge kernels combine them, one thread per (sample, group) (or
+//    per channel), in a fixed order: channel by channel, each channel's splits in split
+//    order. Elementwise kernels (gn_apply_kernel, gn_grad_input_kernel) then move packs like
+//    BatchNorm's; a thread's channels are fixed, and each access looks up its sample's group
+//    values (a few (N, G) floats, which stay in L1).
+// No atomics anywhere: results are bitwise repeatable.
+// Bytes, in x-sized passes: one-pass 2 forward (read x, write y), 3 backward (read x and dy,
+// write dx); tiled 3 forward (x read twice) and 5 backward (x and dy read twice). The
+// workspaces hold K values per (sample, channel, split): small next to x unless S is tiny
+// ((N, C) inputs: 3 accumulators per element of x).
 #pragma once
 
 #include "device.cuh"
@@ -61,43 +66,67 @@ FUSEDGAN_DEVICE ThreadChannels<acc_t, index_t, CH_VEC> thread_channels(dptr<cons
   return ch;
 }
 
-// (count, mean, M2) of x over one (sample, channel) and split, written to part, a
-// (3, n_splits, N * C) tensor. A thread loads kItems rows at a time and merges their exact
-// two-pass statistics into its own (as bn_stats_kernel); the block merges its threads.
-template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void gn_channel_stats_kernel(dptr<const scalar_t> x, dptr<acc_t> part, Rows<index_t> rows,
-                                        Strides<index_t> xs, unsigned c_blocks, int64_t N) {
-  const SampleSplit<index_t> b = sample_split(rows, c_blocks);
-  const bool active = b.c < rows.C;
-  const Cursor<index_t> step = rows.at(rows.row_lanes());
-  Cursor<index_t> cur = rows.at(b.begin + rows.lane_r());
-  Acc<acc_t, 3> stats{{0, 0, 0}};
-  while (active && cur.r < b.end) {
-    acc_t v[kItems];
-    int count = 0;
-    acc_t sum = 0;
-    FUSEDGAN_UNROLL
-    for (int k = 0; k < kItems; ++k) {
-      v[k] = 0;
-      if (cur.r < b.end) {
-        v[k] = static_cast<acc_t>(x[cur.offset(xs) + b.c * xs.c]);
-        sum += v[k];
-        ++count;
-      }
-      rows.advance(cur, step);
-    }
-    const acc_t mean = sum / acc_t(count);
-    acc_t m2 = 0;
-    FUSEDGAN_UNROLL
-    for (int k = 0; k < kItems; ++k) m2 += k < count ? (v[k] - mean) * (v[k] - mean) : acc_t(0);
-    WelfordMerge{}(stats, Acc<acc_t, 3>{{acc_t(count), mean, m2}});
-  }
-  stats = block_reduce(stats, rows.c_shift, WelfordMerge{});
-  if (!active || rows.lane_r() != 0) return;
-  const int64_t plane = int64_t(gridDim.y) * N * rows.C;
-  const int64_t at = (int64_t(blockIdx.y) * N + int64_t(b.n)) * rows.C + b.c;
+// The total of this thread's group, from its channels' block totals (block_reduce's result,
+// which every thread of a channel holds): the group's Cg channel lanes (Cg a power of two
+// dividing the block's channel lanes, so they are adjacent lanes of every warp) merged in
+// channel order, returned to every thread of the group. Every thread must call it.
+template <typename acc_t, int K, typename Merge>
+FUSEDGAN_DEVICE Acc<acc_t, K> group_reduce(const Acc<acc_t, K>& channel_total, int Cg, Merge merge) {
+  const int first = (int(threadIdx.x) % 32) & ~(Cg - 1);
+  Acc<acc_t, K> total;
   FUSEDGAN_UNROLL
-  for (int k = 0; k < 3; ++k) part[k * plane + at] = stats.v[k];
+  for (int k = 0; k < K; ++k) total.v[k] = __shfl_sync(0xffffffffu, channel_total.v[k], first);
+  for (int j = 1; j < Cg; ++j) {
+    Acc<acc_t, K> other;
+    FUSEDGAN_UNROLL
+    for (int k = 0; k < K; ++k) other.v[k] = __shfl_sync(0xffffffffu, channel_total.v[k], first + j);
+    merge(total, other);
+  }
+  return total;
+}
+
+// Statistics of x over one (sample, channel) and split. A thread loads kItems rows at a time
+// and merges their exact two-pass statistics into its own (as bn_stats_kernel); the block
+// merges its threads. Tiled: the (count, mean, M2) go to part, a (3, n_splits, N * C)
+// tensor. ONE_PASS (the block holds the sample's S rows and whole groups; a thread's rows
+// stay in registers): the block merges each group's channels (group_reduce), writes mean and
+// biased var per (sample, group), and y: 2 x-sized passes instead of 3.
+template <typename scalar_t, typename acc_t, typename index_t, bool ONE_PASS>
+__global__ void gn_channel_stats_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<const acc_t> w,
+                                        dptr<const acc_t> b, dptr<acc_t> mean_out, dptr<acc_t> var_out,
+                                        dptr<acc_t> part, Rows<index_t> rows, Strides<index_t> xs,
+                                        Strides<index_t> ys, unsigned c_blocks, int64_t N, index_t G, int Cg,
+                                        acc_t eps, int act, acc_t slope) {
+  const SampleSplit<index_t> blk = sample_split(rows, c_blocks);
+  const bool active = blk.c < rows.C;
+  const Cursor<index_t> first = rows.at(blk.begin + rows.lane_r()), step = rows.at(rows.row_lanes());
+  acc_t v[kItems];
+  Acc<acc_t, 3> stats = thread_stats<ONE_PASS>(x, xs, blk.c, active, rows, first, step, blk.end, v);
+  stats = block_reduce(stats, rows.c_shift, WelfordMerge{});
+  if (!ONE_PASS) {
+    if (!active || rows.lane_r() != 0) return;
+    const int64_t plane = int64_t(gridDim.y) * N * rows.C;
+    const int64_t at = (int64_t(blockIdx.y) * N + int64_t(blk.n)) * rows.C + blk.c;
+    FUSEDGAN_UNROLL
+    for (int k = 0; k < 3; ++k) part[k * plane + at] = stats.v[k];
+    return;
+  }
+  stats = group_reduce(stats, Cg, WelfordMerge{});
+  if (!active) return;
+  const acc_t var = stats.v[2] / stats.v[0];
+  if (rows.lane_r() == 0 && (rows.lane_c() & (Cg - 1)) == 0) {  // the group's first channel
+    const index_t i = blk.n * G + group_of(blk.c, Cg);
+    mean_out[i] = stats.v[1], var_out[i] = var;
+  }
+  const Coefficients<acc_t> k = coefficients(stats.v[1], var, w[blk.c], b[blk.c], eps);
+  Cursor<index_t> cur = first;
+  FUSEDGAN_UNROLL
+  for (int u = 0; u < kItems; ++u) {
+    if (cur.r < blk.end)
+      y[cur.offset(ys) + blk.c * ys.c] =
+          static_cast<scalar_t>(activation(pre_activation(v[u], k.mean, k.scale, k.bias), slope, act));
+    rows.advance(cur, step);
+  }
 }
 
 // One thread per (sample, group) i: merges the group's channels in channel order, each
@@ -157,39 +186,60 @@ __global__ void gn_apply_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
 }
 
 // Sums of dz * xhat and dz over one (sample, channel) and split, written to sums, a
-// (2, n_splits, N * C) tensor.
-template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void gn_grad_sums_kernel(dptr<const scalar_t> dy, dptr<const scalar_t> x, dptr<const acc_t> mean,
-                                    dptr<const acc_t> var, dptr<const acc_t> w, dptr<const acc_t> b, dptr<acc_t> sums,
-                                    Rows<index_t> rows, Strides<index_t> dys, Strides<index_t> xs, unsigned c_blocks,
-                                    int64_t N, index_t G, int Cg, acc_t eps, int act, acc_t slope) {
+// (2, n_splits, N * C) tensor. ONE_PASS (as in gn_channel_stats_kernel; a thread keeps its
+// rows' dz and xhat in registers): the block also merges each group's weight * sums
+// (group_reduce, channels in the order gn_grad_merge_kernel adds them) and writes dx: 3
+// x-sized passes instead of 5.
+template <typename scalar_t, typename acc_t, typename index_t, bool ONE_PASS>
+__global__ void gn_grad_sums_kernel(dptr<const scalar_t> dy, dptr<const scalar_t> x, dptr<scalar_t> dx,
+                                    dptr<const acc_t> mean, dptr<const acc_t> var, dptr<const acc_t> w,
+                                    dptr<const acc_t> b, dptr<acc_t> sums, Rows<index_t> rows, Strides<index_t> dys,
+                                    Strides<index_t> xs, Strides<index_t> dxs, unsigned c_blocks, int64_t N,
+                                    index_t G, int Cg, acc_t count, acc_t eps, int act, acc_t slope) {
   const SampleSplit<index_t> blk = sample_split(rows, c_blocks);
   const bool active = blk.c < rows.C;
   const index_t i = blk.n * G + (active ? group_of(blk.c, Cg) : index_t(0));
   const Coefficients<acc_t> k =
       active ? coefficients(mean[i], var[i], w[blk.c], b[blk.c], eps) : Coefficients<acc_t>{};
-  const Cursor<index_t> step = rows.at(rows.row_lanes());
-  Cursor<index_t> cur = rows.at(blk.begin + rows.lane_r());
+  const Cursor<index_t> first = rows.at(blk.begin + rows.lane_r()), step = rows.at(rows.row_lanes());
+  Cursor<index_t> cur = first;
   Acc<acc_t, 2> s{{0, 0}};  // (sum of dz * xhat, sum of dz)
-  while (active && cur.r < blk.end) {
+  acc_t dz[kItems], xhat[kItems];
+  do {
     FUSEDGAN_UNROLL
     for (int u = 0; u < kItems; ++u) {
-      if (cur.r < blk.end) {
+      dz[u] = 0, xhat[u] = 0;
+      if (active && cur.r < blk.end) {
         const acc_t xv = static_cast<acc_t>(x[cur.offset(xs) + blk.c * xs.c]);
-        const acc_t d = activation_grad(static_cast<acc_t>(dy[cur.offset(dys) + blk.c * dys.c]),
-                                        pre_activation(xv, k.mean, k.scale, k.bias), slope, act);
-        s.v[0] += d * ((xv - k.mean) * k.invstd);
-        s.v[1] += d;
+        dz[u] = activation_grad(static_cast<acc_t>(dy[cur.offset(dys) + blk.c * dys.c]),
+                                pre_activation(xv, k.mean, k.scale, k.bias), slope, act);
+        xhat[u] = (xv - k.mean) * k.invstd;
+        s.v[0] += dz[u] * xhat[u];
+        s.v[1] += dz[u];
       }
       rows.advance(cur, step);
     }
-  }
+  } while (!ONE_PASS && active && cur.r < blk.end);
   s = block_reduce(s, rows.c_shift, SumMerge{});
-  if (!active || rows.lane_r() != 0) return;
-  const int64_t plane = int64_t(gridDim.y) * N * rows.C;
-  const int64_t at = (int64_t(blockIdx.y) * N + int64_t(blk.n)) * rows.C + blk.c;
-  sums[at] = s.v[0];
-  sums[plane + at] = s.v[1];
+  if (active && rows.lane_r() == 0) {
+    const int64_t plane = int64_t(gridDim.y) * N * rows.C;
+    const int64_t at = (int64_t(blockIdx.y) * N + int64_t(blk.n)) * rows.C + blk.c;
+    sums[at] = s.v[0];
+    sums[plane + at] = s.v[1];
+  }
+  if (!ONE_PASS) return;
+  const acc_t wc = active ? w[blk.c] : acc_t(0);
+  const Acc<acc_t, 2> group = group_reduce(Acc<acc_t, 2>{{wc * s.v[0], wc * s.v[1]}}, Cg, SumMerge{});
+  if (!active) return;
+  const acc_t mean_wdz_xhat = group.v[0] / count, mean_wdz = group.v[1] / count;
+  cur = first;
+  FUSEDGAN_UNROLL
+  for (int u = 0; u < kItems; ++u) {
+    if (cur.r < blk.end)
+      dx[cur.offset(dxs) + blk.c * dxs.c] =
+          static_cast<scalar_t>(group_grad_input(dz[u], xhat[u], wc, k.invstd, mean_wdz, mean_wdz_xhat));
+    rows.advance(cur, step);
+  }
 }
 
 // One thread per (sample, group) i = n * G + g, from the per-(sample, channel) totals

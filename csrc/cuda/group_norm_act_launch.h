@@ -2,10 +2,13 @@
 // builds, see host.h): per-sample reductions (host.h, plan_reduction), workspaces, merges, and the elementwise
 // pass with BatchNorm's plans. Launched on the current stream, with no host synchronisation.
 //
-// Forward:  gn_channel_stats_kernel (x) -> gn_stats_merge_kernel -> gn_apply_kernel (x -> y).
-// Backward: gn_grad_sums_kernel (x, dy) -> [sum_splits_kernel over splits] ->
-//           gn_grad_merge_kernel, sum_splits_kernel over samples (dweight, dbias) ->
-//           gn_grad_input_kernel (x, dy -> dx).
+// Forward, one-pass: gn_channel_stats_kernel<ONE_PASS> (x -> y, mean, var).
+//          tiled:    gn_channel_stats_kernel (x) -> gn_stats_merge_kernel -> gn_apply_kernel (x -> y).
+// Backward, one-pass: gn_grad_sums_kernel<ONE_PASS> (x, dy -> dx) -> sum_splits_kernel over samples
+//                     (dweight, dbias).
+//           tiled:    gn_grad_sums_kernel (x, dy) -> [sum_splits_kernel over splits] ->
+//                     sum_splits_kernel over samples (dweight, dbias), gn_grad_merge_kernel ->
+//                     gn_grad_input_kernel (x, dy -> dx).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -43,16 +46,22 @@ std::tuple<Tensor, Tensor, Tensor> gn_act_forward_cuda(const Tensor& x_in, const
     }
     mean = poison(at::empty({x.N, G}, opts));
     var = poison(at::empty({x.N, G}, opts));
-    const Tensor rstd = poison(at::empty({NG}, opts));
     const Tensor w = weight.to(opts).contiguous(), b = bias.to(opts).contiguous();
-    const Plan rp = plan_reduction(x, sms, {&x}, /*per_sample=*/true);
-    const Tensor part = poison(at::empty({3, rp.n_splits, x.N * x.C}, opts));
+    const Plan rp = plan_reduction(x, sms, {&x, &yv}, Cg);
+    const Tensor part = rp.one_pass ? Tensor() : poison(at::empty({3, rp.n_splits, x.N * x.C}, opts));
     with_index(rp, [&](auto index) {
       using index_t = decltype(index);
-      launch<gn_channel_stats_kernel<scalar_t, acc_t, index_t>>(
-          rp.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<acc_t>(part),
-          rp.rows<index_t>(), strides<index_t>(x), unsigned(rp.sample_c_blocks), x.N);
+      const auto run = [&](auto one_pass) {
+        launch<gn_channel_stats_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
+            rp.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<scalar_t>(y), device_ptr<const acc_t>(w),
+            device_ptr<const acc_t>(b), device_ptr<acc_t>(mean), device_ptr<acc_t>(var), optional_ptr<acc_t>(part),
+            rp.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv), unsigned(rp.sample_c_blocks), x.N,
+            index_t(G), int(Cg), acc_t(eps), int(act), acc_t(slope));
+      };
+      rp.one_pass ? run(std::true_type{}) : run(std::false_type{});
     });
+    if (rp.one_pass) return;  // y written too
+    const Tensor rstd = poison(at::empty({NG}, opts));
     launch<gn_stats_merge_kernel<acc_t>>(dim3(merge_blocks(NG)), kThreads, device_ptr<const acc_t>(part),
                                          device_ptr<acc_t>(mean), device_ptr<acc_t>(var), device_ptr<acc_t>(rstd), NG,
                                          Cg, rp.n_splits, acc_t(eps));
@@ -94,33 +103,38 @@ std::tuple<Tensor, Tensor, Tensor> gn_act_backward_cuda(const Tensor& dy_in, con
     const Tensor w = weight.to(opts).contiguous(), b = bias.to(opts).contiguous();
     const Tensor mean = mean_in.to(opts).contiguous(), var = var_in.to(opts).contiguous();
     // 1. Per-(sample, channel) sums, per split; their totals (2, N * C) in split order.
-    const Plan rp = plan_reduction(x, sms, {&x, &dy}, /*per_sample=*/true);
+    // One-pass: dx too.
+    const Plan rp = plan_reduction(x, sms, {&x, &dy, &dxv}, Cg);
     const Tensor sums = poison(at::empty({2, rp.n_splits, NC}, opts));
     with_index(rp, [&](auto index) {
       using index_t = decltype(index);
-      launch<gn_grad_sums_kernel<scalar_t, acc_t, index_t>>(
-          rp.grid(), kThreads, device_ptr<const scalar_t>(dy.t), device_ptr<const scalar_t>(x.t),
-          device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var), device_ptr<const acc_t>(w),
-          device_ptr<const acc_t>(b), device_ptr<acc_t>(sums), rp.rows<index_t>(), strides<index_t>(dy),
-          strides<index_t>(x), unsigned(rp.sample_c_blocks), x.N, index_t(G), int(Cg), acc_t(eps), int(act),
-          acc_t(slope));
+      const auto run = [&](auto one_pass) {
+        launch<gn_grad_sums_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
+            rp.grid(), kThreads, device_ptr<const scalar_t>(dy.t), device_ptr<const scalar_t>(x.t),
+            device_ptr<scalar_t>(dx), device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var),
+            device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), device_ptr<acc_t>(sums), rp.rows<index_t>(),
+            strides<index_t>(dy), strides<index_t>(x), strides<index_t>(dxv), unsigned(rp.sample_c_blocks), x.N,
+            index_t(G), int(Cg), acc_t(Cg * x.S), acc_t(eps), int(act), acc_t(slope));
+      };
+      rp.one_pass ? run(std::true_type{}) : run(std::false_type{});
     });
     Tensor totals = rp.n_splits == 1 ? sums.view({2, NC}) : poison(at::empty({2, NC}, opts));
     if (rp.n_splits > 1) {
       launch<sum_splits_kernel<acc_t>>(dim3(merge_blocks(NC), 2), kThreads, device_ptr<const acc_t>(sums),
                                        device_ptr<acc_t>(totals), NC, rp.n_splits);
     }
-    // 2. Per (sample, group): rstd and the means of w * dz and w * dz * xhat. Per channel:
-    // dweight and dbias, the totals (2, N, C) summed over samples in order.
+    // 2. Per channel: dweight and dbias, the totals (2, N, C) summed over samples in order.
+    params = poison(at::empty({2, x.C}, opts));
+    launch<sum_splits_kernel<acc_t>>(dim3(merge_blocks(x.C), 2), kThreads, device_ptr<const acc_t>(totals),
+                                     device_ptr<acc_t>(params), x.C, x.N);
+    if (rp.one_pass) return;  // dx written too
+    // 3. Per (sample, group): rstd and the means of w * dz and w * dz * xhat.
     const Tensor group = poison(at::empty({3, NG}, opts));
     launch<gn_grad_merge_kernel<acc_t>>(dim3(merge_blocks(NG)), kThreads, device_ptr<const acc_t>(totals),
                                         device_ptr<const acc_t>(var), device_ptr<const acc_t>(w),
                                         device_ptr<acc_t>(group), NG, Cg, FastDivider<int64_t>(G),
                                         acc_t(Cg * x.S), acc_t(eps));
-    params = poison(at::empty({2, x.C}, opts));
-    launch<sum_splits_kernel<acc_t>>(dim3(merge_blocks(x.C), 2), kThreads, device_ptr<const acc_t>(totals),
-                                     device_ptr<acc_t>(params), x.C, x.N);
-    // 3. dx, elementwise.
+    // 4. dx, elementwise.
     const Plan ep = plan_elementwise<scalar_t>(x, sms, {&x, &dy, &dxv});
     with_index(ep, [&](auto index) {
       using index_t = decltype(index);

@@ -103,24 +103,31 @@ void split_rows(Plan& p, int64_t target_blocks, int64_t min_rows, int64_t align)
 
 // A reduction over x's rows (statistics, gradient sums): one-pass when a block's threads
 // can hold every row of their channels, kItems each; else enough splits to fill the GPU
-// four times over, each thread getting at least 4 rows. per_sample (GroupNorm's per-(sample,
-// channel) sums): never one-pass, and each sample's S rows are split on their own, grid x
-// being N times the channel blocks of a sample (p.sample_c_blocks).
+// four times over, each thread getting at least 4 rows. group_channels > 0 (GroupNorm's
+// per-(sample, group) statistics, Cg channels a group): grid x is N times the channel blocks
+// of a sample (p.sample_c_blocks) and each sample's S rows are split on their own;
+// one-pass when a block holds a sample's S rows and whole groups (Cg a power of two, at
+// most the block's channel lanes), so the block can merge a group's channels itself.
 Plan plan_reduction(const View& x, int multiprocessors, std::initializer_list<const View*> views,
-                    bool per_sample = false) {
+                    int64_t group_channels = 0) {
   Plan p;
+  const bool per_sample = group_channels > 0;
   p.C = x.C, p.R = x.rows(), p.S = std::max<int64_t>(x.S, 1);
   p.c_shift = rows_fast(x) ? 0 : std::min(5, ceil_log2(x.C));
   // A sample's rows are few (small images) and along the unit-stride axis: up to 4 channels
   // a block, so that fewer threads idle; a warp still reads runs of 8 adjacent rows.
   if (per_sample && rows_fast(x)) p.c_shift = std::clamp(ceil_log2(kThreads) - ceil_log2(p.S), 0, 2);
   const int64_t row_lanes = kThreads >> p.c_shift;
-  p.one_pass = !per_sample && p.R <= row_lanes * kItems;
+  const bool whole_groups = (group_channels & (group_channels - 1)) == 0 && group_channels <= (int64_t(1) << p.c_shift);
+  p.one_pass = per_sample ? whole_groups && p.S <= row_lanes * kItems : p.R <= row_lanes * kItems;
   p.c_blocks = ceil_div(p.C, int64_t(1) << p.c_shift);
   if (per_sample) {
     TORCH_CHECK(x.N * p.c_blocks < (int64_t(1) << 31), "fusedgan: too many samples for one grid");
     p.sample_c_blocks = p.c_blocks, p.c_blocks *= x.N, p.R = p.S;  // split one sample's rows
-    split_rows(p, 4 * int64_t(multiprocessors), 4 * row_lanes, row_lanes);
+    if (p.one_pass)
+      p.n_splits = 1, p.rows_per_split = p.S;
+    else
+      split_rows(p, 4 * int64_t(multiprocessors), 4 * row_lanes, row_lanes);
     p.R = x.rows();
   } else if (p.one_pass) {
     p.n_splits = 1, p.rows_per_split = p.R;
