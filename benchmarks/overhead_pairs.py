@@ -1,0 +1,81 @@
+"""Per-call cost, fused against stock, timed in turn: the call-overhead cases of
+benchmarks/test_bench_overhead.py (the same calls), each provider's calls alternating
+round by round in one process, and the median of the per-round ratios fused / stock.
+
+    python benchmarks/overhead_pairs.py [--rounds 40] [--calls 25] [--markdown out.md]
+
+On a shared machine the time of a microsecond call drifts by tens of percent between one
+benchmark and the next, more than the difference being measured; timed in turn, both
+providers see the same drift and the ratio holds still.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import test_bench_overhead as cases
+import torch
+from conftest import DEVICE
+
+
+def step_of(op, phase, interface, provider, mode):
+    shape = cases.CONV_SHAPE if op.startswith("conv") else cases.BN_SHAPE
+    call, params = cases.conv_call(provider, interface) if op.startswith("conv") else \
+        cases.bn_call(op, provider, interface, phase == "train")
+    x = torch.randn(shape, device=DEVICE, requires_grad=mode != "fwd")
+    inputs = [x] + params
+
+    def step():
+        y = call(x)
+        if mode != "fwd":
+            torch.autograd.grad(y, inputs, torch.ones_like(y))
+
+    return step
+
+
+def median(values):
+    return sorted(values)[len(values) // 2]
+
+
+def measure(op, phase, interface, mode, provider, rounds, calls, warmup=50):
+    """(stock us, fused us, median fused / stock ratio) of one case, the two timed in turn."""
+    steps = {p: step_of(op, phase, interface, p, mode) for p in ("stock", provider)}
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {p: [] for p in steps}
+    for _ in range(rounds):
+        for p, step in steps.items():
+            if DEVICE.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(calls):
+                step()
+            if DEVICE.type == "cuda":
+                torch.cuda.synchronize()
+            times[p].append((time.perf_counter() - start) / calls * 1e6)
+    ratios = [f / s for f, s in zip(times[provider], times["stock"])]
+    return median(times["stock"]), median(times[provider]), median(ratios)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--calls", type=int, default=25, help="calls a round times together")
+    parser.add_argument("--provider", default="fused-cpu" if DEVICE.type == "cpu" else "fused-cuda")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args()
+    lines = [f"| op | phase | call | mode | stock us | {args.provider} us | fused / stock |",
+             "|---|---|---|---|---|---|---|"]
+    for op, phase in cases.OPS:
+        for interface in ("module", "functional"):
+            for mode in ("fwd", "fwd+bwd"):
+                stock, fused, ratio = measure(op, phase, interface, mode, args.provider, args.rounds, args.calls)
+                lines.append(f"| {op} | {phase} | {interface} | {mode} | {stock:.1f} | {fused:.1f} | {ratio:.2f} |")
+                print(lines[-1], flush=True)
+    if args.markdown:
+        Path(args.markdown).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
