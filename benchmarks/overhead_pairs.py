@@ -18,28 +18,13 @@ import torch
 from conftest import DEVICE
 
 
-def step_of(op, phase, interface, provider, mode):
-    shape = cases.CONV_SHAPE if op.startswith("conv") else cases.BN_SHAPE
-    call, params = cases.conv_call(provider, interface) if op.startswith("conv") else \
-        cases.bn_call(op, provider, interface, phase == "train")
-    x = torch.randn(shape, device=DEVICE, requires_grad=mode != "fwd")
-    inputs = [x] + params
-
-    def step():
-        y = call(x)
-        if mode != "fwd":
-            torch.autograd.grad(y, inputs, torch.ones_like(y))
-
-    return step
-
-
 def median(values):
     return sorted(values)[len(values) // 2]
 
 
 def measure(op, phase, interface, mode, provider, rounds, calls, warmup=50):
     """(stock us, fused us, median fused / stock ratio) of one case, the two timed in turn."""
-    steps = {p: step_of(op, phase, interface, p, mode) for p in ("stock", provider)}
+    steps = {p: cases.call_step(op, phase, interface, p, mode)[0] for p in ("stock", provider)}
     for step in steps.values():
         for _ in range(warmup):
             step()

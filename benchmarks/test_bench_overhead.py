@@ -65,11 +65,8 @@ def conv_call(provider, interface):
                                                            backend=backend)), [conv.weight, conv.bias]
 
 
-@pytest.mark.parametrize("op,phase", OPS, ids=[f"{op}-{phase}" for op, phase in OPS])
-@pytest.mark.parametrize("interface", ["module", "functional"])
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-def test_call_overhead(benchmark, op, phase, interface, provider, mode):
+def call_step(op, phase, interface, provider, mode):
+    """(the timed step of one case: a call, and for "fwd+bwd" its gradients, the input's shape)."""
     shape = CONV_SHAPE if op.startswith("conv") else BN_SHAPE
     call, params = conv_call(provider, interface) if op.startswith("conv") else \
         bn_call(op, provider, interface, phase == "train")
@@ -81,5 +78,14 @@ def test_call_overhead(benchmark, op, phase, interface, provider, mode):
         if mode != "fwd":
             torch.autograd.grad(y, inputs, torch.ones_like(y))
 
+    return step, shape
+
+
+@pytest.mark.parametrize("op,phase", OPS, ids=[f"{op}-{phase}" for op, phase in OPS])
+@pytest.mark.parametrize("interface", ["module", "functional"])
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_call_overhead(benchmark, op, phase, interface, provider, mode):
+    step, shape = call_step(op, phase, interface, provider, mode)
     run_benchmark(benchmark, step, rounds=30, iterations=50, warmup=50, op=f"{op} call", shape=list(shape),
                   provider=provider, mode=mode, dtype=f"float32/{interface}/{phase}")

@@ -1,10 +1,7 @@
 // BatchNorm + activation for the "cuda-sim" backend: the CUDA kernels and launchers of
 // csrc/cuda/ compiled for the CPU against the SIMT emulation (csrc/simt/simt.h), registered
 // as fusedgan_sim ops on CPU tensors.
-// Every function of this file, torch's inline ones included, keeps a * b + c as two
-// roundings wherever the source writes it so: GCC would otherwise fuse some into FMAs as it
-// sees fit per instantiation, and the int32- and int64-offset kernels would differ in bits.
-#pragma GCC optimize("fp-contract=off")
+#include "fp_contract_off.h"  // first: it applies to every function after it
 #include <torch/library.h>
 
 #define FUSEDGAN_SIMT 1
