@@ -144,13 +144,6 @@ def _update_running_stats(running_mean, running_var, mean, var, count, momentum)
                 running.copy_(torch.where(count > 0, updated, running) if torch.is_tensor(count) else updated)
 
 
-def _stock_composition_fits(input, *channel_tensors):
-    """Whether the "torch" backend's layer can be the stock composition itself: a non-empty
-    input and contiguous (C,) tensors (stock's channels_last CPU backward reads a strided
-    weight as if contiguous, a wrong input gradient in torch 2.14; those take the reference)."""
-    return input.numel() > 0 and all(t is None or t.is_contiguous() for t in channel_tensors)
-
-
 def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                    eps=1e-5, activation="relu", negative_slope=0.01, *, backend="auto", sync=False,
                    process_group=None, inplace=False):

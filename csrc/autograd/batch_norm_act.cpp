@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "../bn_act_math.h"
+#include "../kernel_math.h"
 #include "../op_checks.h"
 #include "../outputs.h"
 #include "entry_ops.h"

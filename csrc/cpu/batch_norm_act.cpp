@@ -26,7 +26,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../bn_act_math.h"
+#include "../kernel_math.h"
 #include "../op_checks.h"
 #include "helpers.h"
 #include "layout.h"
@@ -71,8 +71,7 @@ void grad_input_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict_
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t c = 0; c < C; ++c) {
       const opmath_t xv = x[r * C + c];
-      const opmath_t dz = activation_grad<opmath_t>(dy[r * C + c], pre_activation(xv, mean[c], scale[c], bias[c]),
-                                                    slope, act);
+      const opmath_t dz = pre_activation_grad<opmath_t>(dy[r * C + c], xv, mean[c], scale[c], bias[c], slope, act);
       out[r * C + c] = static_cast<scalar_t>(
           grad_input(dz, (xv - mean[c]) * invstd[c], scale[c], mean_dz[c], mean_dzx[c], training));
     }
@@ -85,7 +84,7 @@ void grad_input_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__
                     opmath_t mean_dz, opmath_t mean_dzx) {
   for (int64_t s = 0; s < len; ++s) {
     const opmath_t xv = x[s];
-    const opmath_t dz = activation_grad<opmath_t>(dy[s], pre_activation(xv, mean, scale, bias), slope, act);
+    const opmath_t dz = pre_activation_grad<opmath_t>(dy[s], xv, mean, scale, bias, slope, act);
     out[s] = static_cast<scalar_t>(grad_input(dz, (xv - mean) * invstd, scale, mean_dz, mean_dzx, training));
   }
 }

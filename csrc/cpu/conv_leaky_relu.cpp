@@ -8,7 +8,7 @@
 
 #include <vector>
 
-#include "../bn_act_math.h"
+#include "../kernel_math.h"
 #include "helpers.h"
 #include "layout.h"
 

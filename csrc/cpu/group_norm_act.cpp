@@ -19,7 +19,7 @@
 #include <cmath>
 #include <vector>
 
-#include "../bn_act_math.h"
+#include "../kernel_math.h"
 #include "../op_checks.h"
 #include "helpers.h"
 #include "layout.h"
@@ -148,7 +148,7 @@ void grad_input_values(const scalar_t* __restrict__ x, const scalar_t* __restric
   const opmath_t k1 = opmath_t(st.mean_wdz), k2 = opmath_t(st.mean_wdz_xhat);
   for (int64_t s = 0; s < len; ++s) {
     const opmath_t xv = x[s];
-    const opmath_t dz = activation_grad<opmath_t>(dy[s], pre_activation(xv, mean, scale, bias), slope, act);
+    const opmath_t dz = pre_activation_grad<opmath_t>(dy[s], xv, mean, scale, bias, slope, act);
     out[s] = static_cast<scalar_t>(group_grad_input(dz, (xv - mean) * rstd, weight, rstd, k1, k2));
   }
 }
@@ -200,8 +200,7 @@ void grad_input_group_rows(const scalar_t* __restrict__ x, const scalar_t* __res
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t c = 0; c < C; ++c) {
       const opmath_t xv = x[r * C + c];
-      const opmath_t dz = activation_grad<opmath_t>(dy[r * C + c], pre_activation(xv, mean[c], scale[c], bias[c]),
-                                                    slope, act);
+      const opmath_t dz = pre_activation_grad<opmath_t>(dy[r * C + c], xv, mean[c], scale[c], bias[c], slope, act);
       out[r * C + c] = static_cast<scalar_t>(group_grad_input(dz, (xv - mean[c]) * rstd[c], weight[c], rstd[c],
                                                                k1[c], k2[c]));
     }

@@ -15,7 +15,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../bn_act_math.h"
+#include "../kernel_math.h"
 #include "helpers.h"
 #include "layout.h"
 
@@ -101,7 +101,7 @@ void add_grad_terms(const opmath_t* x, const opmath_t* dy, int64_t len, opmath_t
     sum_dzx.acc = at::vec::fmadd(dz, xv - vmean, sum_dzx.acc);
   }
   for (; i < len; ++i) {
-    const opmath_t dz = activation_grad<opmath_t>(dy[i], pre_activation(x[i], mean, scale, bias), slope, act);
+    const opmath_t dz = pre_activation_grad<opmath_t>(dy[i], x[i], mean, scale, bias, slope, act);
     sum_dz.tail += dz;
     sum_dzx.tail += dz * (x[i] - mean);
   }
@@ -186,8 +186,7 @@ void grad_sums_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict__
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t c = 0; c < C; ++c) {
       const opmath_t xv = x[r * C + c];
-      const opmath_t dz = activation_grad<opmath_t>(dy[r * C + c], pre_activation(xv, mean[c], scale[c], bias[c]),
-                                                    slope, act);
+      const opmath_t dz = pre_activation_grad<opmath_t>(dy[r * C + c], xv, mean[c], scale[c], bias[c], slope, act);
       acc_dz[c] += dz;
       acc_dzx[c] += dz * (xv - mean[c]);
     }

@@ -91,14 +91,10 @@ __global__ void bn_apply_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
         return Access{load_as<P>(x + (cur.offset(xs) + c0 * xs.c)), cur.offset(ys) + c0 * ys.c};
       },
       [&](const Access& a) {
-        P out;
-        FUSEDGAN_UNROLL
-        for (int j = 0; j < VEC; ++j) {
-          const Coefficients<acc_t>& kj = k[PACK_ROWS ? 0 : j];
-          out.v[j] = static_cast<scalar_t>(
-              activation(pre_activation(static_cast<acc_t>(a.in.v[j]), kj.mean, kj.scale, kj.bias), slope, act));
-        }
-        store_as(y + a.out, out);
+        store_pack<P, PACK_ROWS>(y + a.out, [&](int j, int q) {
+          const acc_t z = pre_activation(static_cast<acc_t>(a.in.v[j]), k[q].mean, k[q].scale, k[q].bias);
+          return activation(z, slope, act);
+        });
       });
 }
 
@@ -122,8 +118,8 @@ __global__ void bn_grad_sums_kernel(dptr<const scalar_t> dy, dptr<const scalar_t
     for (int i = 0; i < kItems; ++i) {
       if (active && cur.r < r_end) {
         const acc_t xv = static_cast<acc_t>(x[cur.offset(xs) + c * xs.c]);
-        const acc_t d = activation_grad(static_cast<acc_t>(dy[cur.offset(dys) + c * dys.c]),
-                                        pre_activation(xv, k.mean, k.scale, k.bias), slope, act);
+        const acc_t d = pre_activation_grad(static_cast<acc_t>(dy[cur.offset(dys) + c * dys.c]), xv, k.mean,
+                                            k.scale, k.bias, slope, act);
         const acc_t h = (xv - k.mean) * k.invstd;
         s.v[0] += d * h;
         s.v[1] += d;
@@ -181,17 +177,12 @@ __global__ void bn_grad_input_kernel(dptr<const scalar_t> dy, dptr<const scalar_
                       cur.offset(dxs) + c0 * dxs.c};
       },
       [&](const Access& a) {
-        P out;
-        FUSEDGAN_UNROLL
-        for (int j = 0; j < VEC; ++j) {
-          const int q = PACK_ROWS ? 0 : j;
+        store_pack<P, PACK_ROWS>(dx + a.out, [&](int j, int q) {
           const acc_t xv = static_cast<acc_t>(a.x.v[j]);
-          const acc_t d = activation_grad(static_cast<acc_t>(a.dy.v[j]),
-                                          pre_activation(xv, k[q].mean, k[q].scale, k[q].bias), slope, act);
-          out.v[j] = static_cast<scalar_t>(
-              grad_input(d, (xv - k[q].mean) * k[q].invstd, k[q].scale, mean_dz[q], mean_dz_xhat[q], training));
-        }
-        store_as(dx + a.out, out);
+          const acc_t d =
+              pre_activation_grad(static_cast<acc_t>(a.dy.v[j]), xv, k[q].mean, k[q].scale, k[q].bias, slope, act);
+          return grad_input(d, (xv - k[q].mean) * k[q].invstd, k[q].scale, mean_dz[q], mean_dz_xhat[q], training);
+        });
       });
 }
 

@@ -35,15 +35,13 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cuda(const Tensor& x_in, const
     const Tensor w = weight.to(opts).contiguous(), b = bias.to(opts).contiguous();
     const auto apply = [&] {  // y from mean and var: the elementwise pass
       const Plan plan = plan_elementwise<scalar_t>(x, sms, {&x, &yv});
-      with_index(plan, [&](auto index) {
+      with_elementwise<scalar_t>(plan, [&](auto index, auto vec, auto pack_rows) {
         using index_t = decltype(index);
-        with_pack<scalar_t>(plan, [&](auto vec, auto pack_rows) {
-          launch<bn_apply_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
-              plan.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<scalar_t>(y),
-              device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var), device_ptr<const acc_t>(w),
-              device_ptr<const acc_t>(b), plan.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv),
-              acc_t(eps), int(act), acc_t(slope));
-        });
+        launch<bn_apply_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
+            plan.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<scalar_t>(y),
+            device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var), device_ptr<const acc_t>(w),
+            device_ptr<const acc_t>(b), plan.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv),
+            acc_t(eps), int(act), acc_t(slope));
       });
     };
     if (!training) {
@@ -60,16 +58,13 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cuda(const Tensor& x_in, const
     }
     const Plan plan = plan_reduction(x, sms, {&x, &yv});
     const Tensor part = plan.one_pass ? Tensor() : poison(at::empty({3, plan.n_splits, x.C}, opts));
-    with_index(plan, [&](auto index) {
+    with_reduction(plan, [&](auto index, auto one_pass) {
       using index_t = decltype(index);
-      const auto run = [&](auto one_pass) {
-        launch<bn_stats_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
-            plan.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<scalar_t>(y),
-            device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), device_ptr<acc_t>(mean), device_ptr<acc_t>(var),
-            optional_ptr<acc_t>(part), plan.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv), acc_t(eps),
-            int(act), acc_t(slope));
-      };
-      plan.one_pass ? run(std::true_type{}) : run(std::false_type{});
+      launch<bn_stats_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
+          plan.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<scalar_t>(y),
+          device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), device_ptr<acc_t>(mean), device_ptr<acc_t>(var),
+          optional_ptr<acc_t>(part), plan.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv), acc_t(eps),
+          int(act), acc_t(slope));
     });
     if (plan.one_pass) return;  // y written too
     launch<bn_stats_merge_kernel<acc_t>>(dim3(unsigned(ceil_div(x.C, kThreads))), kThreads,
@@ -102,17 +97,14 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cuda(const Tensor& dy_in, con
     }
     const Plan plan = plan_reduction(x, sms, {&x, &dy, &dxv});
     const Tensor sums = poison(at::empty({2, plan.n_splits, x.C}, opts));
-    with_index(plan, [&](auto index) {
+    with_reduction(plan, [&](auto index, auto one_pass) {
       using index_t = decltype(index);
-      const auto run = [&](auto one_pass) {
-        launch<bn_grad_sums_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
-            plan.grid(), kThreads, device_ptr<const scalar_t>(dy.t), device_ptr<const scalar_t>(x.t),
-            device_ptr<scalar_t>(dx), device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var),
-            device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), device_ptr<acc_t>(sums), plan.rows<index_t>(),
-            strides<index_t>(dy), strides<index_t>(x), strides<index_t>(dxv), training, acc_t(eps), int(act),
-            acc_t(slope));
-      };
-      plan.one_pass ? run(std::true_type{}) : run(std::false_type{});
+      launch<bn_grad_sums_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
+          plan.grid(), kThreads, device_ptr<const scalar_t>(dy.t), device_ptr<const scalar_t>(x.t),
+          device_ptr<scalar_t>(dx), device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var),
+          device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), device_ptr<acc_t>(sums), plan.rows<index_t>(),
+          strides<index_t>(dy), strides<index_t>(x), strides<index_t>(dxv), training, acc_t(eps), int(act),
+          acc_t(slope));
     });
     if (plan.n_splits == 1) {
       totals = sums.view({2, x.C});
@@ -123,16 +115,14 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_backward_cuda(const Tensor& dy_in, con
     }
     if (plan.one_pass) return;
     const Plan ep = plan_elementwise<scalar_t>(x, sms, {&x, &dy, &dxv});
-    with_index(ep, [&](auto index) {
+    with_elementwise<scalar_t>(ep, [&](auto index, auto vec, auto pack_rows) {
       using index_t = decltype(index);
-      with_pack<scalar_t>(ep, [&](auto vec, auto pack_rows) {
-        launch<bn_grad_input_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
-            ep.grid(), kThreads, device_ptr<const scalar_t>(dy.t), device_ptr<const scalar_t>(x.t),
-            device_ptr<scalar_t>(dx), device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var),
-            device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), device_ptr<const acc_t>(totals),
-            ep.rows<index_t>(), strides<index_t>(dy), strides<index_t>(x), strides<index_t>(dxv), training,
-            acc_t(eps), int(act), acc_t(slope));
-      });
+      launch<bn_grad_input_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
+          ep.grid(), kThreads, device_ptr<const scalar_t>(dy.t), device_ptr<const scalar_t>(x.t),
+          device_ptr<scalar_t>(dx), device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var),
+          device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), device_ptr<const acc_t>(totals),
+          ep.rows<index_t>(), strides<index_t>(dy), strides<index_t>(x), strides<index_t>(dxv), training,
+          acc_t(eps), int(act), acc_t(slope));
     });
   });
   // (dweight, dbias) in the parameters' dtypes.

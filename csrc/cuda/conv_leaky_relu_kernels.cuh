@@ -30,12 +30,9 @@ __global__ void bias_leaky_relu_kernel(dptr<scalar_t> y, dptr<const acc_t> bias,
         return Access{load_as<P>(y + at), at};
       },
       [&](const Access& a) {
-        P out;
-        FUSEDGAN_UNROLL
-        for (int j = 0; j < VEC; ++j)
-          out.v[j] = static_cast<scalar_t>(
-              activation(static_cast<acc_t>(a.in.v[j]) + b[PACK_ROWS ? 0 : j], slope, int(kLeakyRelu)));
-        store_as(y + a.at, out);
+        store_pack<P, PACK_ROWS>(y + a.at, [&](int j, int q) {
+          return activation(static_cast<acc_t>(a.in.v[j]) + b[q], slope, int(kLeakyRelu));
+        });
       });
 }
 

@@ -29,13 +29,11 @@ Tensor conv_leaky_relu_forward_cuda(const Tensor& x, const Tensor& weight, const
     const Tensor b = bias ? bias->to(y.t.options().dtype(c10::CppTypeToScalarType<acc_t>::value)).contiguous()
                           : Tensor();
     const Plan plan = plan_elementwise<scalar_t>(y, multiprocessors(x.device()), {&y});
-    with_index(plan, [&](auto index) {
+    with_elementwise<scalar_t>(plan, [&](auto index, auto vec, auto pack_rows) {
       using index_t = decltype(index);
-      with_pack<scalar_t>(plan, [&](auto vec, auto pack_rows) {
-        launch<bias_leaky_relu_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
-            plan.grid(), kThreads, device_ptr<scalar_t>(y.t), optional_ptr<const acc_t>(b), plan.rows<index_t>(),
-            strides<index_t>(y), acc_t(slope));
-      });
+      launch<bias_leaky_relu_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
+          plan.grid(), kThreads, device_ptr<scalar_t>(y.t), optional_ptr<const acc_t>(b), plan.rows<index_t>(),
+          strides<index_t>(y), acc_t(slope));
     });
   });
   return y.t;

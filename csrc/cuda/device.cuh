@@ -25,7 +25,7 @@
 #define FUSEDGAN_UNROLL _Pragma("unroll")
 #endif
 
-#include "../bn_act_math.h"
+#include "../kernel_math.h"
 
 namespace fusedgan {
 
@@ -170,8 +170,20 @@ FUSEDGAN_DEVICE void walk_rows(const Rows<index_t>& rows, Load load, Compute com
 // VEC consecutive elements, moved as one access (16 bytes when VEC = 16 / sizeof).
 template <typename scalar_t, int VEC>
 struct alignas(sizeof(scalar_t) * VEC) Pack {
+  using value_type = scalar_t;
+  static constexpr int size = VEC;
   scalar_t v[VEC];
 };
+
+// Stores at dst the pack P whose element j is f(j, q), q the element's channel slot: j when
+// the pack runs along channels, 0 when it runs along the rows of one channel (PACK_ROWS).
+template <typename P, bool PACK_ROWS, typename Ptr, typename F>
+FUSEDGAN_DEVICE void store_pack(Ptr dst, F&& f) {
+  P out;
+  FUSEDGAN_UNROLL
+  for (int j = 0; j < P::size; ++j) out.v[j] = static_cast<typename P::value_type>(f(j, PACK_ROWS ? 0 : j));
+  store_as(dst, out);
+}
 
 // K accumulators per thread, reduced together.
 template <typename acc_t, int K>

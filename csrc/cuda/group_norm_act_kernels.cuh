@@ -174,14 +174,9 @@ __global__ void gn_apply_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
         acc_t m[CH_VEC], scale[CH_VEC];  // the access's (sample, group) values, per channel
         FUSEDGAN_UNROLL
         for (int j = 0; j < CH_VEC; ++j) m[j] = mean[a.nG + ch.g[j]], scale[j] = ch.w[j] * rstd[a.nG + ch.g[j]];
-        P out;
-        FUSEDGAN_UNROLL
-        for (int j = 0; j < VEC; ++j) {
-          const int q = PACK_ROWS ? 0 : j;
-          out.v[j] = static_cast<scalar_t>(
-              activation(pre_activation(static_cast<acc_t>(a.in.v[j]), m[q], scale[q], ch.b[q]), slope, act));
-        }
-        store_as(y + a.out, out);
+        store_pack<P, PACK_ROWS>(y + a.out, [&](int j, int q) {
+          return activation(pre_activation(static_cast<acc_t>(a.in.v[j]), m[q], scale[q], ch.b[q]), slope, act);
+        });
       });
 }
 
@@ -211,8 +206,8 @@ __global__ void gn_grad_sums_kernel(dptr<const scalar_t> dy, dptr<const scalar_t
       dz[u] = 0, xhat[u] = 0;
       if (active && cur.r < blk.end) {
         const acc_t xv = static_cast<acc_t>(x[cur.offset(xs) + blk.c * xs.c]);
-        dz[u] = activation_grad(static_cast<acc_t>(dy[cur.offset(dys) + blk.c * dys.c]),
-                                pre_activation(xv, k.mean, k.scale, k.bias), slope, act);
+        dz[u] = pre_activation_grad(static_cast<acc_t>(dy[cur.offset(dys) + blk.c * dys.c]), xv, k.mean, k.scale,
+                                    k.bias, slope, act);
         xhat[u] = (xv - k.mean) * k.invstd;
         s.v[0] += dz[u] * xhat[u];
         s.v[1] += dz[u];
@@ -293,16 +288,12 @@ __global__ void gn_grad_input_kernel(dptr<const scalar_t> dy, dptr<const scalar_
           const index_t i = a.nG + ch.g[j];
           m[j] = mean[i], r[j] = group[i], k1[j] = group[NG + i], k2[j] = group[2 * NG + i];
         }
-        P out;
-        FUSEDGAN_UNROLL
-        for (int j = 0; j < VEC; ++j) {
-          const int q = PACK_ROWS ? 0 : j;
+        store_pack<P, PACK_ROWS>(dx + a.out, [&](int j, int q) {
           const acc_t xv = static_cast<acc_t>(a.x.v[j]);
-          const acc_t d = activation_grad(static_cast<acc_t>(a.dy.v[j]),
-                                          pre_activation(xv, m[q], ch.w[q] * r[q], ch.b[q]), slope, act);
-          out.v[j] = static_cast<scalar_t>(group_grad_input(d, (xv - m[q]) * r[q], ch.w[q], r[q], k1[q], k2[q]));
-        }
-        store_as(dx + a.out, out);
+          const acc_t d =
+              pre_activation_grad(static_cast<acc_t>(a.dy.v[j]), xv, m[q], ch.w[q] * r[q], ch.b[q], slope, act);
+          return group_grad_input(d, (xv - m[q]) * r[q], ch.w[q], r[q], k1[q], k2[q]);
+        });
       });
 }
 

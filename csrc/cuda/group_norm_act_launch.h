@@ -49,16 +49,13 @@ std::tuple<Tensor, Tensor, Tensor> gn_act_forward_cuda(const Tensor& x_in, const
     const Tensor w = weight.to(opts).contiguous(), b = bias.to(opts).contiguous();
     const Plan rp = plan_reduction(x, sms, {&x, &yv}, Cg);
     const Tensor part = rp.one_pass ? Tensor() : poison(at::empty({3, rp.n_splits, x.N * x.C}, opts));
-    with_index(rp, [&](auto index) {
+    with_reduction(rp, [&](auto index, auto one_pass) {
       using index_t = decltype(index);
-      const auto run = [&](auto one_pass) {
-        launch<gn_channel_stats_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
-            rp.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<scalar_t>(y), device_ptr<const acc_t>(w),
-            device_ptr<const acc_t>(b), device_ptr<acc_t>(mean), device_ptr<acc_t>(var), optional_ptr<acc_t>(part),
-            rp.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv), unsigned(rp.sample_c_blocks), x.N,
-            index_t(G), int(Cg), acc_t(eps), int(act), acc_t(slope));
-      };
-      rp.one_pass ? run(std::true_type{}) : run(std::false_type{});
+      launch<gn_channel_stats_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
+          rp.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<scalar_t>(y), device_ptr<const acc_t>(w),
+          device_ptr<const acc_t>(b), device_ptr<acc_t>(mean), device_ptr<acc_t>(var), optional_ptr<acc_t>(part),
+          rp.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv), unsigned(rp.sample_c_blocks), x.N,
+          index_t(G), int(Cg), acc_t(eps), int(act), acc_t(slope));
     });
     if (rp.one_pass) return;  // y written too
     const Tensor rstd = poison(at::empty({NG}, opts));
@@ -66,15 +63,13 @@ std::tuple<Tensor, Tensor, Tensor> gn_act_forward_cuda(const Tensor& x_in, const
                                          device_ptr<acc_t>(mean), device_ptr<acc_t>(var), device_ptr<acc_t>(rstd), NG,
                                          Cg, rp.n_splits, acc_t(eps));
     const Plan plan = plan_elementwise<scalar_t>(x, sms, {&x, &yv});
-    with_index(plan, [&](auto index) {
+    with_elementwise<scalar_t>(plan, [&](auto index, auto vec, auto pack_rows) {
       using index_t = decltype(index);
-      with_pack<scalar_t>(plan, [&](auto vec, auto pack_rows) {
-        launch<gn_apply_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
-            plan.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<scalar_t>(y),
-            device_ptr<const acc_t>(mean), device_ptr<const acc_t>(rstd), device_ptr<const acc_t>(w),
-            device_ptr<const acc_t>(b), plan.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv), index_t(G),
-            int(Cg), int(act), acc_t(slope));
-      });
+      launch<gn_apply_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
+          plan.grid(), kThreads, device_ptr<const scalar_t>(x.t), device_ptr<scalar_t>(y),
+          device_ptr<const acc_t>(mean), device_ptr<const acc_t>(rstd), device_ptr<const acc_t>(w),
+          device_ptr<const acc_t>(b), plan.rows<index_t>(), strides<index_t>(x), strides<index_t>(yv), index_t(G),
+          int(Cg), int(act), acc_t(slope));
     });
   });
   return {y, mean, var};
@@ -106,17 +101,14 @@ std::tuple<Tensor, Tensor, Tensor> gn_act_backward_cuda(const Tensor& dy_in, con
     // One-pass: dx too.
     const Plan rp = plan_reduction(x, sms, {&x, &dy, &dxv}, Cg);
     const Tensor sums = poison(at::empty({2, rp.n_splits, NC}, opts));
-    with_index(rp, [&](auto index) {
+    with_reduction(rp, [&](auto index, auto one_pass) {
       using index_t = decltype(index);
-      const auto run = [&](auto one_pass) {
-        launch<gn_grad_sums_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
-            rp.grid(), kThreads, device_ptr<const scalar_t>(dy.t), device_ptr<const scalar_t>(x.t),
-            device_ptr<scalar_t>(dx), device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var),
-            device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), device_ptr<acc_t>(sums), rp.rows<index_t>(),
-            strides<index_t>(dy), strides<index_t>(x), strides<index_t>(dxv), unsigned(rp.sample_c_blocks), x.N,
-            index_t(G), int(Cg), acc_t(Cg * x.S), acc_t(eps), int(act), acc_t(slope));
-      };
-      rp.one_pass ? run(std::true_type{}) : run(std::false_type{});
+      launch<gn_grad_sums_kernel<scalar_t, acc_t, index_t, decltype(one_pass)::value>>(
+          rp.grid(), kThreads, device_ptr<const scalar_t>(dy.t), device_ptr<const scalar_t>(x.t),
+          device_ptr<scalar_t>(dx), device_ptr<const acc_t>(mean), device_ptr<const acc_t>(var),
+          device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), device_ptr<acc_t>(sums), rp.rows<index_t>(),
+          strides<index_t>(dy), strides<index_t>(x), strides<index_t>(dxv), unsigned(rp.sample_c_blocks), x.N,
+          index_t(G), int(Cg), acc_t(Cg * x.S), acc_t(eps), int(act), acc_t(slope));
     });
     Tensor totals = rp.n_splits == 1 ? sums.view({2, NC}) : poison(at::empty({2, NC}, opts));
     if (rp.n_splits > 1) {
@@ -136,15 +128,13 @@ std::tuple<Tensor, Tensor, Tensor> gn_act_backward_cuda(const Tensor& dy_in, con
                                         acc_t(Cg * x.S), acc_t(eps));
     // 4. dx, elementwise.
     const Plan ep = plan_elementwise<scalar_t>(x, sms, {&x, &dy, &dxv});
-    with_index(ep, [&](auto index) {
+    with_elementwise<scalar_t>(ep, [&](auto index, auto vec, auto pack_rows) {
       using index_t = decltype(index);
-      with_pack<scalar_t>(ep, [&](auto vec, auto pack_rows) {
-        launch<gn_grad_input_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
-            ep.grid(), kThreads, device_ptr<const scalar_t>(dy.t), device_ptr<const scalar_t>(x.t),
-            device_ptr<scalar_t>(dx), device_ptr<const acc_t>(mean), device_ptr<const acc_t>(group),
-            device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), ep.rows<index_t>(), strides<index_t>(dy),
-            strides<index_t>(x), strides<index_t>(dxv), index_t(G), index_t(NG), int(Cg), int(act), acc_t(slope));
-      });
+      launch<gn_grad_input_kernel<scalar_t, acc_t, index_t, decltype(vec)::value, decltype(pack_rows)::value>>(
+          ep.grid(), kThreads, device_ptr<const scalar_t>(dy.t), device_ptr<const scalar_t>(x.t),
+          device_ptr<scalar_t>(dx), device_ptr<const acc_t>(mean), device_ptr<const acc_t>(group),
+          device_ptr<const acc_t>(w), device_ptr<const acc_t>(b), ep.rows<index_t>(), strides<index_t>(dy),
+          strides<index_t>(x), strides<index_t>(dxv), index_t(G), index_t(NG), int(Cg), int(act), acc_t(slope));
     });
   });
   // (dweight, dbias) in the parameters' dtypes.

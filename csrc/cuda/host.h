@@ -194,6 +194,20 @@ void with_pack(const Plan& p, F&& f) {
   else f(std::integral_constant<int, kChannelPack<scalar_t>>{}, std::false_type{});
 }
 
+// f(index_t{}, vec, pack_rows) for an elementwise plan: its offsets' width and its packs.
+template <typename scalar_t, typename F>
+void with_elementwise(const Plan& p, F&& f) {
+  with_index(p, [&](auto index) {
+    with_pack<scalar_t>(p, [&](auto vec, auto pack_rows) { f(index, vec, pack_rows); });
+  });
+}
+
+// f(index_t{}, std::bool_constant<ONE_PASS>) for a reduction plan.
+template <typename F>
+void with_reduction(const Plan& p, F&& f) {
+  with_index(p, [&](auto index) { p.one_pass ? f(index, std::true_type{}) : f(index, std::false_type{}); });
+}
+
 // A kernel's pointer to t's data, or a null one where t is undefined.
 template <typename T>
 auto optional_ptr(const Tensor& t) -> decltype(device_ptr<T>(t)) {

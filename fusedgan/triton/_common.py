@@ -1,7 +1,7 @@
 """The per-element math of the normalization + activation kernels, written once for all of
 them (BatchNorm, GroupNorm / InstanceNorm): the inverse standard deviation, the
 pre-activation, the activation and its mask, the gradient terms, and Chan's merge of
-partial statistics. The C++ kernels share the same math through csrc/bn_act_math.h.
+partial statistics. The C++ kernels share the same math through csrc/kernel_math.h.
 
 Operands come broadcast to the tile's shape by the caller (a BatchNorm tile is channels by
 rows, a GroupNorm tile (sample, group) pairs by a group's channels by positions), so one

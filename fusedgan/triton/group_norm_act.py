@@ -152,7 +152,7 @@ def _gn_grad_terms(dy_ptr, x_ptr, n, c, s, mask, stride_dyn, stride_dys, stride_
 @triton.jit
 def _gn_grad_input(dz, xhat, w, invstd, mean_wdz, mean_wdz_xhat):
     """dx = invstd * (weight * dz - mean_g(weight * dz) - xhat * mean_g(weight * dz * xhat)),
-    the means over each (sample, group) (csrc/bn_act_math.h group_grad_input)."""
+    the means over each (sample, group) (csrc/kernel_math.h group_grad_input)."""
     return (w[:, :, None] * dz - mean_wdz[:, None, None] - xhat * mean_wdz_xhat[:, None, None]) * invstd[:, None, None]
 
 

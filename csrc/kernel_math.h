@@ -1,5 +1,6 @@
-// Per-element math of BatchNorm + activation, written once for the CPU and CUDA kernels
-// (host-device functions), so the CPU tests exercise exactly what the GPU runs.
+// Per-element math of every fused kernel (normalization, activation, their gradients, the
+// Welford merge), written once for the CPU and CUDA kernels (host-device functions), so the
+// CPU tests exercise exactly what the GPU runs.
 #pragma once
 
 #include <cmath>
@@ -41,7 +42,13 @@ FUSEDGAN_HD T activation_grad(T dy, T z, T slope, int act) {
   return act == kIdentity || z > T(0) ? dy : negative;
 }
 
-// dx from dz = dL/dz. Training adds the two terms from the batch statistics' dependence on x.
+// dz = dL/dz from dy = dL/dy at x: z recomputed exactly as forward computed it.
+template <typename T>
+FUSEDGAN_HD T pre_activation_grad(T dy, T x, T mean, T scale, T bias, T slope, int act) {
+  return activation_grad(dy, pre_activation(x, mean, scale, bias), slope, act);
+}
+
+// BatchNorm's dx from dz = dL/dz. Training adds the two terms from the batch statistics' dependence on x.
 template <typename T>
 FUSEDGAN_HD T grad_input(T dz, T xhat, T scale, T mean_dz, T mean_dz_xhat, bool training) {
   return (training ? dz - mean_dz - xhat * mean_dz_xhat : dz) * scale;
