@@ -87,7 +87,8 @@ def why_unusable(backend, device_type, family="bn_act"):
 
 
 @functools.cache
-def _resolve(backend, device_type, family):
+def resolve_eager(backend, device_type, family):
+    """resolve_backend by device type, for eager code (torch.compile must not trace it)."""
     # Cached, FUSEDGAN_BACKEND included: it is read when a (backend, device, family) is first
     # resolved (reading the environment costs microseconds a call, against stock's ~20 per layer).
     override = os.environ.get(ENV_VAR, "")
@@ -108,7 +109,7 @@ def _resolve(backend, device_type, family):
 @torch.compiler.assume_constant_result  # under torch.compile: run once while tracing, its name baked in
 def resolve_backend(backend, device, family="bn_act"):
     """The name of the backend that runs the layers of op `family` for `backend` on `device`."""
-    return _resolve(backend, device.type, family)
+    return resolve_eager(backend, device.type, family)
 
 
 def backend_module(name):

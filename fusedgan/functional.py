@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from fusedgan import _extension
 from fusedgan._activation import IDENTITY, LEAKY_RELU, RELU, activation_code
-from fusedgan._backends import check_backend_name, resolve_backend
+from fusedgan._backends import check_backend_name, resolve_backend, resolve_eager
 from fusedgan.autograd import (
     BatchNormActFunction,
     Conv2dLeakyReLUFunction,
@@ -82,7 +82,13 @@ def _check_norm_arguments(input, running_mean, running_var, weight, bias, moment
     return act
 
 
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+# What _entry_op reads on every eager call, bound once: each lookup through a module costs
+# tens of nanoseconds, and a small layer's whole stock call is about 15 us.
+_PLAIN_TYPES = frozenset((torch.Tensor, torch.nn.Parameter, type(None)))
+_is_compiling = torch.compiler.is_compiling
+_function_mode_on = torch._C._is_torch_function_mode_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_on = torch._C._are_functorch_transforms_active
 
 
 def _entry_op(input, backend, family, *tensors):
@@ -92,13 +98,16 @@ def _entry_op(input, backend, family, *tensors):
     argument is a plain tensor (or Parameter) and no torch function or dispatch mode or
     functorch transform is active, so nothing needs the dispatcher to see the call; else
     the dispatcher op."""
-    if (input.numel() == 0 or torch.compiler.is_compiling()
-            or resolve_backend(check_backend_name(backend), input.device, family) not in _extension.ENTRY_BACKENDS):
+    if input.numel() == 0 or _is_compiling() or \
+            resolve_eager(check_backend_name(backend), input.device.type, family) not in _extension.ENTRY_BACKENDS:
         return None
-    plain = (type(input) in _PLAIN_TENSORS and all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)
-             and not (torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack()
-                      or torch._C._are_functorch_transforms_active()))
-    return _extension.ENTRY_OPS[family][plain]
+    dispatcher_op, plain_op = _extension.ENTRY_OPS[family]
+    if type(input) not in _PLAIN_TYPES or _function_mode_on() or _dispatch_modes() or _functorch_on():
+        return dispatcher_op
+    for tensor in tensors:
+        if type(tensor) not in _PLAIN_TYPES:
+            return dispatcher_op
+    return plain_op
 
 
 def _stock_composition_fits(input, *channel_tensors):
@@ -267,7 +276,12 @@ def instance_norm_act(input, running_mean=None, running_var=None, weight=None, b
 
 
 def _pair(value, name):
+    # Plain ints first, without a generator: this runs three times on every call.
+    if type(value) is int:
+        return value, value
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) == 2 and type(pair[0]) is int and type(pair[1]) is int:
+        return pair
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return pair
