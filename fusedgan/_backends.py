@@ -106,6 +106,23 @@ def resolve_eager(backend, device_type, family):
     return backend
 
 
+@functools.cache
+def entry_ops(backend, family, device_type):
+    """(dispatcher op, plain _C function) of op `family`'s C++ entry (fusedgan._extension)
+    when `backend` resolves to a C++ backend on `device_type`, else None; resolve_eager's
+    errors otherwise. One cached lookup for the eager fast path."""
+    name = resolve_eager(check_backend_name(backend), device_type, family)
+    extension = _extension()
+    return extension.ENTRY_OPS[family] if name in extension.ENTRY_BACKENDS else None
+
+
+def clear_resolution_cache():
+    """Forget every resolved backend: FUSEDGAN_BACKEND and the backends' availability are
+    read again (tests that change them)."""
+    resolve_eager.cache_clear()
+    entry_ops.cache_clear()
+
+
 @torch.compiler.assume_constant_result  # under torch.compile: run once while tracing, its name baked in
 def resolve_backend(backend, device, family="bn_act"):
     """The name of the backend that runs the layers of op `family` for `backend` on `device`."""

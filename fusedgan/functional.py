@@ -6,9 +6,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from fusedgan import _extension
 from fusedgan._activation import IDENTITY, LEAKY_RELU, RELU, activation_code
-from fusedgan._backends import check_backend_name, resolve_backend, resolve_eager
+from fusedgan._backends import check_backend_name, entry_ops, resolve_backend
 from fusedgan.autograd import (
     BatchNormActFunction,
     Conv2dLeakyReLUFunction,
@@ -91,23 +90,34 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 _functorch_on = torch._C._are_functorch_transforms_active
 
 
+def _device_type(tensor):
+    # tensor.device builds a torch.device (0.5 us): the two common types are read as flags.
+    return "cpu" if tensor.is_cpu else "cuda" if tensor.is_cuda else tensor.device.type
+
+
 def _entry_op(input, backend, family, *tensors):
-    """The C++ entry op (fusedgan._extension) an eager call on `input` goes through, or None
+    """The C++ entry op (fusedgan._extension.ENTRY_OPS) an eager call on `input` goes through, or None
     for the Python path: a non-empty input whose backend is a C++ one, outside torch.compile
     (which traces the Python path). The op is the plain _C function when every tensor
     argument is a plain tensor (or Parameter) and no torch function or dispatch mode or
     functorch transform is active, so nothing needs the dispatcher to see the call; else
     the dispatcher op."""
-    if input.numel() == 0 or _is_compiling() or \
-            resolve_eager(check_backend_name(backend), input.device.type, family) not in _extension.ENTRY_BACKENDS:
+    if _is_compiling():
         return None
-    dispatcher_op, plain_op = _extension.ENTRY_OPS[family]
+    device_type = _device_type(input)
+    try:
+        ops = entry_ops(backend, family, device_type)
+    except TypeError:  # an unhashable backend: the error that names the argument
+        check_backend_name(backend)
+        raise
+    if ops is None or input.numel() == 0:
+        return None
     if type(input) not in _PLAIN_TYPES or _function_mode_on() or _dispatch_modes() or _functorch_on():
-        return dispatcher_op
+        return ops[0]
     for tensor in tensors:
         if type(tensor) not in _PLAIN_TYPES:
-            return dispatcher_op
-    return plain_op
+            return ops[0]
+    return ops[1]
 
 
 def _stock_composition_fits(input, *channel_tensors):
@@ -292,7 +302,7 @@ def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1,
     """leaky_relu(conv2d(input, weight, bias), negative_slope) in one op (negative_slope=0 is
     ReLU); the arguments of torch.nn.functional.conv2d, with zero padding."""
     if (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and type(groups) is int
-            and type(negative_slope) in _NUMBER and not torch.is_autocast_enabled(input.device.type)
+            and type(negative_slope) in _NUMBER and not torch.is_autocast_enabled(_device_type(input))
             and (entry := _entry_op(input, backend, "conv_act", weight, bias))):
         # The C++ entry op checks every argument as below, with the same messages.
         return entry(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),

@@ -25,27 +25,27 @@ def test_auto_never_picks_triton_on_cpu():
 
 def test_env_var_overrides_auto(monkeypatch):
     monkeypatch.setenv("FUSEDGAN_BACKEND", "torch")
-    _backends.resolve_eager.cache_clear()  # the variable is read when a backend is first resolved
+    _backends.clear_resolution_cache()  # the variable is read when a backend is first resolved
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     monkeypatch.setenv("FUSEDGAN_BACKEND", "triton")
     monkeypatch.setattr(_backends, "_triton_interpreted", lambda: False)
-    _backends.resolve_eager.cache_clear()
+    _backends.clear_resolution_cache()
     with pytest.raises(BackendUnavailableError, match="from FUSEDGAN_BACKEND"):
         resolve_backend("auto", torch.device("cpu"))
     monkeypatch.setenv("FUSEDGAN_BACKEND", "nonsense")
-    _backends.resolve_eager.cache_clear()
+    _backends.clear_resolution_cache()
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve_backend("auto", torch.device("cpu"))
-    _backends.resolve_eager.cache_clear()
+    _backends.clear_resolution_cache()
 
 
 def test_named_backend_that_cannot_run_says_why(monkeypatch):
     monkeypatch.setattr(_backends, "_triton_interpreted", lambda: False)
-    _backends.resolve_eager.cache_clear()
+    _backends.clear_resolution_cache()
     module = fusedgan.FusedBNReLU(3, backend="triton")
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
         module(torch.randn(2, 3, 4, 4))
-    _backends.resolve_eager.cache_clear()
+    _backends.clear_resolution_cache()
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailableError, match="'cuda' backend runs on cuda tensors"):
             fusedgan.FusedBNReLU(3, backend="cuda")(torch.randn(2, 3, 4, 4))
