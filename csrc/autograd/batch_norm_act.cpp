@@ -81,19 +81,19 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
     static const auto forward_op = find_op<ForwardOp>("fusedgan::bn_act_forward");
     auto [y, mean, var] = call_kernel(forward_op, x, weight, bias, running_mean, running_var, training, eps, act, slope);
     ctx->save_for_backward({x, weight, bias, mean, var});
-    ctx->saved_data["training"] = training;
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["act"] = act;
-    ctx->saved_data["slope"] = slope;
+    // One entry, not four: each costs a string key and a hash-map insert, a visible part of a
+    // small layer's call. (act and training are exact as doubles.)
+    ctx->saved_data["scalars"] = std::vector<double>{double(training), eps, double(act), slope};
     ctx->mark_non_differentiable({mean, var});
     return {y, mean, var};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const bool training = ctx->saved_data["training"].toBool();
-    const double eps = ctx->saved_data["eps"].toDouble(), slope = ctx->saved_data["slope"].toDouble();
-    const int64_t act = ctx->saved_data["act"].toInt();
+    const std::vector<double> scalars = ctx->saved_data["scalars"].toDoubleVector();  // as forward packed them
+    const bool training = scalars[0] != 0;
+    const double eps = scalars[1], slope = scalars[3];
+    const int64_t act = int64_t(scalars[2]);
     static const auto backward_op = find_op<BackwardOp>("fusedgan::bn_act_backward");
     // Under create_graph the gradients must themselves be differentiable: no fused kernel then.
     auto [dx, dweight, dbias] =

@@ -37,12 +37,11 @@ struct ConvLeakyRelu : public torch::autograd::Function<ConvLeakyRelu> {
     static const auto forward_op = find_op<ForwardOp>("fusedgan::conv_leaky_relu_forward");
     Tensor y = call_kernel(forward_op, x, weight, bias, stride, padding, dilation, groups, slope);
     ctx->save_for_backward({x, weight, y});
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["groups"] = groups;
+    // Two entries, not six: each costs a string key and a hash-map insert, a visible part of
+    // a small layer's call.
+    ctx->saved_data["conv"] = std::vector<int64_t>{stride[0],   stride[1], padding[0], padding[1], dilation[0],
+                                                   dilation[1], groups,    bias.has_value()};
     ctx->saved_data["slope"] = slope;
-    ctx->saved_data["has_bias"] = bias.has_value();
     return {y};
   }
 
@@ -50,7 +49,10 @@ struct ConvLeakyRelu : public torch::autograd::Function<ConvLeakyRelu> {
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &weight = saved[1], &y = saved[2];
     const double slope = ctx->saved_data["slope"].toDouble();
-    const bool need_bias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+    const std::vector<int64_t> conv = ctx->saved_data["conv"].toIntVector();  // as forward packed it
+    const IntArrayRef stride(&conv[0], 2), padding(&conv[2], 2), dilation(&conv[4], 2);
+    const int64_t groups = conv[6];
+    const bool need_bias = conv[7] && ctx->needs_input_grad(2);
     Tensor dz, dbias;
     if (at::GradMode::is_enabled()) {  // create_graph: stay differentiable
       dz = at::leaky_relu_backward(grads[0], y, slope, /*self_is_result=*/true);
@@ -59,11 +61,9 @@ struct ConvLeakyRelu : public torch::autograd::Function<ConvLeakyRelu> {
       static const auto grad_bias_op = find_op<GradBiasOp>("fusedgan::leaky_relu_grad_bias");
       std::tie(dz, dbias) = call_kernel(grad_bias_op, grads[0], y, slope, need_bias);
     }
-    const auto stride = ctx->saved_data["stride"].toIntVector(), padding = ctx->saved_data["padding"].toIntVector(),
-               dilation = ctx->saved_data["dilation"].toIntVector();
-    auto [dx, dweight, unused] = at::convolution_backward(
-        dz, x, weight, std::nullopt, stride, padding, dilation, false, {0, 0}, ctx->saved_data["groups"].toInt(),
-        {ctx->needs_input_grad(0), ctx->needs_input_grad(1), false});
+    auto [dx, dweight, unused] =
+        at::convolution_backward(dz, x, weight, std::nullopt, stride, padding, dilation, false, {0, 0}, groups,
+                                 {ctx->needs_input_grad(0), ctx->needs_input_grad(1), false});
     return {dx, dweight, need_bias ? dbias.to(weight.scalar_type()) : Tensor(), Tensor(), Tensor(), Tensor(),
             Tensor(), Tensor()};
   }
