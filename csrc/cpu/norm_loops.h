@@ -59,47 +59,68 @@ struct LaneSum {
 
 // Exact two-pass statistics of the len <= kChunk values at p: their mean, then the sum of
 // their squared deviations, read again from L1. Chunks merge into a channel's statistics
-// with welford_merge, so x is read from memory once for the statistics.
+// with welford_merge, so x is read from memory once for the statistics. Each pass keeps
+// four independent vector sums (combined in a fixed order): one sum would wait on the
+// previous add's latency every 8 values, which made this loop latency-bound.
 template <typename opmath_t>
 void chunk_stats(const opmath_t* p, int64_t len, opmath_t& mean, opmath_t& m2) {
   using Vec = at::vec::Vectorized<opmath_t>;
+  constexpr int64_t W = Vec::size();
   const auto add = [](Vec& a, Vec& b) { return a + b; };
-  Vec acc(opmath_t(0));
+  const Vec zero(opmath_t(0));
+  Vec a0 = zero, a1 = zero, a2 = zero, a3 = zero;
   opmath_t tail = 0;
   int64_t i = 0;
-  for (; i + Vec::size() <= len; i += Vec::size()) acc = acc + Vec::loadu(p + i);
-  for (; i < len; ++i) tail += p[i];
-  mean = (at::vec::vec_reduce_all<opmath_t>(add, acc) + tail) / opmath_t(len);
-  const Vec center(mean);
-  acc = Vec(opmath_t(0));
-  tail = 0;
-  for (i = 0; i + Vec::size() <= len; i += Vec::size()) {
-    const Vec d = Vec::loadu(p + i) - center;
-    acc = at::vec::fmadd(d, d, acc);
+  for (; i + 4 * W <= len; i += 4 * W) {
+    a0 = a0 + Vec::loadu(p + i), a1 = a1 + Vec::loadu(p + i + W);
+    a2 = a2 + Vec::loadu(p + i + 2 * W), a3 = a3 + Vec::loadu(p + i + 3 * W);
   }
+  for (; i + W <= len; i += W) a0 = a0 + Vec::loadu(p + i);
+  for (; i < len; ++i) tail += p[i];
+  Vec total = (a0 + a1) + (a2 + a3);
+  mean = (at::vec::vec_reduce_all<opmath_t>(add, total) + tail) / opmath_t(len);
+  const Vec center(mean);
+  a0 = a1 = a2 = a3 = zero;
+  tail = 0;
+  const auto square = [&](int64_t k, Vec acc) {
+    const Vec d = Vec::loadu(p + k) - center;
+    return at::vec::fmadd(d, d, acc);
+  };
+  for (i = 0; i + 4 * W <= len; i += 4 * W)
+    a0 = square(i, a0), a1 = square(i + W, a1), a2 = square(i + 2 * W, a2), a3 = square(i + 3 * W, a3);
+  for (; i + W <= len; i += W) a0 = square(i, a0);
   for (; i < len; ++i) tail += (p[i] - mean) * (p[i] - mean);
-  m2 = at::vec::vec_reduce_all<opmath_t>(add, acc) + tail;
+  total = (a0 + a1) + (a2 + a3);
+  m2 = at::vec::vec_reduce_all<opmath_t>(add, total) + tail;
 }
 
 // Adds one run's dz and dz * (x - mean) to two lane sums, straight from registers (no
-// buffer in between: stores to a buffer next to the loads stalled this loop).
+// buffer in between: stores to a buffer next to the loads stalled this loop). The sums run
+// in local vectors, two per term, and go back to the LaneSums once per run: accumulating
+// in the LaneSums themselves kept them in memory (the compiler cannot prove x and dy do
+// not alias them), a store and reload on every step.
 template <typename opmath_t, int act>
 void add_grad_terms(const opmath_t* x, const opmath_t* dy, int64_t len, opmath_t mean, opmath_t scale,
                     opmath_t bias, opmath_t slope, LaneSum<opmath_t>& sum_dz, LaneSum<opmath_t>& sum_dzx) {
   using Vec = at::vec::Vectorized<opmath_t>;
+  constexpr int64_t W = Vec::size();
   const Vec vmean(mean), vscale(scale), vbias(bias), zero(opmath_t(0)), vslope(slope);
-  int64_t i = 0;
-  for (; i + Vec::size() <= len; i += Vec::size()) {
-    const Vec xv = Vec::loadu(x + i), dy_v = Vec::loadu(dy + i);
+  const auto add = [&](int64_t k, Vec& dz_acc, Vec& dzx_acc) {
+    const Vec xv = Vec::loadu(x + k), dy_v = Vec::loadu(dy + k);
     Vec dz = dy_v;
     if constexpr (act != kIdentity) {
       const Vec z = at::vec::fmadd(xv - vmean, vscale, vbias);
       const Vec negative = act == kRelu ? zero : dy_v * vslope;
       dz = Vec::blendv(negative, dy_v, z > zero);  // torch's masks: dy where z > 0 (NaN: negative side)
     }
-    sum_dz.acc = sum_dz.acc + dz;
-    sum_dzx.acc = at::vec::fmadd(dz, xv - vmean, sum_dzx.acc);
-  }
+    dz_acc = dz_acc + dz;
+    dzx_acc = at::vec::fmadd(dz, xv - vmean, dzx_acc);
+  };
+  Vec dz0 = sum_dz.acc, dzx0 = sum_dzx.acc, dz1 = zero, dzx1 = zero;
+  int64_t i = 0;
+  for (; i + 2 * W <= len; i += 2 * W) add(i, dz0, dzx0), add(i + W, dz1, dzx1);
+  for (; i + W <= len; i += W) add(i, dz0, dzx0);
+  sum_dz.acc = dz0 + dz1, sum_dzx.acc = dzx0 + dzx1;
   for (; i < len; ++i) {
     const opmath_t dz = pre_activation_grad<opmath_t>(dy[i], x[i], mean, scale, bias, slope, act);
     sum_dz.tail += dz;
