@@ -224,6 +224,14 @@ def test_bad_inputs(backend):
         conv(x, w, groups=2)
     with pytest.raises(ValueError, match="stride and dilation must be >= 1 and padding >= 0"):
         conv(x, w, stride=0)
+    # Each of stride, padding and dilation is named when it is neither an int nor two ints
+    # (bools are not ints here, as in stock's conv2d).
+    for name in ("stride", "padding", "dilation"):
+        for value in (True, (1,), (1, 1, 1), (1.0, 2), (True, 1), "1"):
+            with pytest.raises(ValueError, match=f"{name} must be an int or a pair of ints"):
+                conv(x, w, **{name: value})
+    with pytest.raises(ValueError, match="backend must be one of"):
+        conv2d_leaky_relu(x, w, backend=["cpu"])  # unhashable: still the error that names the argument
 
 
 def test_autocast_matches_stock(device_backend):

@@ -91,6 +91,8 @@ def test_bad_arguments(call, backend):
         call(x, backend="tpu")
     with pytest.raises(ValueError, match="backend must be one of"):
         FusedBNReLU(3, backend="gpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        call(x, backend=["cpu"])  # unhashable: the cached backend lookup must not leak a TypeError
     with pytest.raises(ValueError, match="running_mean and running_var are required when training=False"):
         call(x, running_mean=None, running_var=None, training=False)
     with pytest.raises(ValueError, match="must be given together"):
