@@ -51,18 +51,24 @@ FUSEDGAN_DEVICE index_t group_of(index_t c, int Cg) {
   return index_t(unsigned(c) / unsigned(Cg));
 }
 
-// An elementwise thread's CH_VEC channels from c0: their weights, biases and groups.
+// An elementwise thread's CH_VEC channels: the first, c0 (rows.channel), and their weights,
+// biases and groups, read only when c0 < C (a thread past the last channel has nothing to do).
 template <typename acc_t, typename index_t, int CH_VEC>
 struct ThreadChannels {
+  index_t c0;
   acc_t w[CH_VEC], b[CH_VEC];
   index_t g[CH_VEC];
 };
 template <int CH_VEC, typename acc_t, typename index_t>
-FUSEDGAN_DEVICE ThreadChannels<acc_t, index_t, CH_VEC> thread_channels(dptr<const acc_t> w, dptr<const acc_t> b,
-                                                                       index_t c0, int Cg) {
+FUSEDGAN_DEVICE ThreadChannels<acc_t, index_t, CH_VEC> thread_channels(const Rows<index_t>& rows, dptr<const acc_t> w,
+                                                                       dptr<const acc_t> b, int Cg) {
   ThreadChannels<acc_t, index_t, CH_VEC> ch;
-  FUSEDGAN_UNROLL
-  for (int j = 0; j < CH_VEC; ++j) ch.w[j] = w[c0 + j], ch.b[j] = b[c0 + j], ch.g[j] = group_of(c0 + j, Cg);
+  ch.c0 = rows.channel(CH_VEC);
+  if (ch.c0 < rows.C) {
+    FUSEDGAN_UNROLL
+    for (int j = 0; j < CH_VEC; ++j)
+      ch.w[j] = w[ch.c0 + j], ch.b[j] = b[ch.c0 + j], ch.g[j] = group_of(ch.c0 + j, Cg);
+  }
   return ch;
 }
 
@@ -158,9 +164,8 @@ __global__ void gn_apply_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
                                 Strides<index_t> xs, Strides<index_t> ys, index_t G, int Cg, int act, acc_t slope) {
   constexpr int CH_VEC = PACK_ROWS ? 1 : VEC;
   using P = Pack<scalar_t, VEC>;
-  const index_t c0 = rows.channel(CH_VEC);
-  if (c0 >= rows.C) return;
-  const ThreadChannels<acc_t, index_t, CH_VEC> ch = thread_channels<CH_VEC>(w, b, c0, Cg);
+  const ThreadChannels<acc_t, index_t, CH_VEC> ch = thread_channels<CH_VEC>(rows, w, b, Cg);
+  if (ch.c0 >= rows.C) return;
   struct Access {
     P in;
     index_t out, nG;
@@ -168,7 +173,7 @@ __global__ void gn_apply_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
   walk_rows<PACK_ROWS ? VEC : 1>(
       rows,
       [&](const Cursor<index_t>& cur) {
-        return Access{load_as<P>(x + (cur.offset(xs) + c0 * xs.c)), cur.offset(ys) + c0 * ys.c, cur.n * G};
+        return Access{load_as<P>(x + (cur.offset(xs) + ch.c0 * xs.c)), cur.offset(ys) + ch.c0 * ys.c, cur.n * G};
       },
       [&](const Access& a) {
         acc_t m[CH_VEC], scale[CH_VEC];  // the access's (sample, group) values, per channel
@@ -268,9 +273,8 @@ __global__ void gn_grad_input_kernel(dptr<const scalar_t> dy, dptr<const scalar_
                                      int act, acc_t slope) {
   constexpr int CH_VEC = PACK_ROWS ? 1 : VEC;
   using P = Pack<scalar_t, VEC>;
-  const index_t c0 = rows.channel(CH_VEC);
-  if (c0 >= rows.C) return;
-  const ThreadChannels<acc_t, index_t, CH_VEC> ch = thread_channels<CH_VEC>(w, b, c0, Cg);
+  const ThreadChannels<acc_t, index_t, CH_VEC> ch = thread_channels<CH_VEC>(rows, w, b, Cg);
+  if (ch.c0 >= rows.C) return;
   struct Access {
     P x, dy;
     index_t out, nG;
@@ -278,8 +282,8 @@ __global__ void gn_grad_input_kernel(dptr<const scalar_t> dy, dptr<const scalar_
   walk_rows<PACK_ROWS ? VEC : 1>(
       rows,
       [&](const Cursor<index_t>& cur) {
-        return Access{load_as<P>(x + (cur.offset(xs) + c0 * xs.c)), load_as<P>(dy + (cur.offset(dys) + c0 * dys.c)),
-                      cur.offset(dxs) + c0 * dxs.c, cur.n * G};
+        return Access{load_as<P>(x + (cur.offset(xs) + ch.c0 * xs.c)),
+                      load_as<P>(dy + (cur.offset(dys) + ch.c0 * dys.c)), cur.offset(dxs) + ch.c0 * dxs.c, cur.n * G};
       },
       [&](const Access& a) {
         acc_t m[CH_VEC], r[CH_VEC], k1[CH_VEC], k2[CH_VEC];  // the access's (sample, group) values
