@@ -129,9 +129,11 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
         const batch_t* b = batch.const_data_ptr<batch_t>();
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running.scalar_type(), "update_running_stats", [&] {
           scalar_t* r = running.data_ptr<scalar_t>();
-          for (int64_t c = 0; c < running.numel(); ++c) {
-            scalar_t& value = r[c * running.stride(0)];
-            value = static_cast<scalar_t>((1.0 - m) * double(value) + m * double(b[c * batch.stride(0)]) * scale);
+          // The strides read once: stride() is an out-of-line call, once per value otherwise.
+          const int64_t C = running.numel(), r_stride = running.stride(0), b_stride = batch.stride(0);
+          for (int64_t c = 0; c < C; ++c) {
+            scalar_t& value = r[c * r_stride];
+            value = static_cast<scalar_t>((1.0 - m) * double(value) + m * double(b[c * b_stride]) * scale);
           }
         });
       });

@@ -93,6 +93,9 @@ void grad_input_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__
 // Forward
 // ---------------------------------------------------------------------------------------
 
+// Runs shorter than this take the short-run statistics of forward_rows.
+constexpr int64_t kShortRun = 16;
+
 // Rows layout: a group of channels at a time (rows_group_size), statistics (one read of
 // x) then output while the group's slice is still in cache, so x comes from memory once
 // (2N bytes). Training fills mean/var (biased); eval reads them.
@@ -114,13 +117,29 @@ void forward_rows(const Layout& L, const std::vector<double>& w, const std::vect
         std::fill(count.begin(), count.end(), 0.0);
         std::fill(channel_mean.begin(), channel_mean.end(), 0.0);
         std::fill(channel_m2.begin(), channel_m2.end(), 0.0);
-        for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
-          for_chunks(x + run, S, [&](const opmath_t* p, int64_t len) {
-            opmath_t chunk_mean, chunk_m2;
-            chunk_stats(p, len, chunk_mean, chunk_m2);
-            welford_merge<double>(count[j], channel_mean[j], channel_m2[j], double(len), chunk_mean, chunk_m2);
+        if (S < kShortRun) {
+          // Runs of a few values (4x4 maps and smaller): each channel's N * S values in two
+          // passes in double, from cache; per-run statistics and merges would cost more
+          // than the values themselves on these small layers.
+          for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
+            for (int64_t s = 0; s < S; ++s) channel_mean[j] += static_cast<double>(x[run + s]);
           });
-        });
+          for (int64_t j = 0; j < c1 - c0; ++j) count[j] = double(N * S), channel_mean[j] /= count[j];
+          for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
+            for (int64_t s = 0; s < S; ++s) {
+              const double d = static_cast<double>(x[run + s]) - channel_mean[j];
+              channel_m2[j] += d * d;
+            }
+          });
+        } else {
+          for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
+            for_chunks(x + run, S, [&](const opmath_t* p, int64_t len) {
+              opmath_t chunk_mean, chunk_m2;
+              chunk_stats(p, len, chunk_mean, chunk_m2);
+              welford_merge<double>(count[j], channel_mean[j], channel_m2[j], double(len), chunk_mean, chunk_m2);
+            });
+          });
+        }
         for (int64_t j = 0; j < c1 - c0; ++j)
           mean_v[c0 + j] = channel_mean[j], var_v[c0 + j] = channel_m2[j] / count[j];
       }

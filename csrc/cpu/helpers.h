@@ -22,7 +22,8 @@ std::vector<double> to_vector(const Tensor& t) {
   std::vector<double> v(t.numel());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "to_vector", [&] {
     const scalar_t* p = t.const_data_ptr<scalar_t>();
-    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(p[int64_t(i) * t.stride(0)]);
+    const int64_t stride = t.stride(0);  // read once: stride() is an out-of-line call
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(p[int64_t(i) * stride]);
   });
   return v;
 }

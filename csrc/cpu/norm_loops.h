@@ -66,6 +66,14 @@ template <typename opmath_t>
 void chunk_stats(const opmath_t* p, int64_t len, opmath_t& mean, opmath_t& m2) {
   using Vec = at::vec::Vectorized<opmath_t>;
   constexpr int64_t W = Vec::size();
+  if (len < W) {  // a short run (small H * W): the vector sums' setup and reductions would cost more
+    opmath_t sum = 0, sq = 0;
+    for (int64_t i = 0; i < len; ++i) sum += p[i];
+    mean = sum / opmath_t(len);
+    for (int64_t i = 0; i < len; ++i) sq += (p[i] - mean) * (p[i] - mean);
+    m2 = sq;
+    return;
+  }
   const auto add = [](Vec& a, Vec& b) { return a + b; };
   const Vec zero(opmath_t(0));
   Vec a0 = zero, a1 = zero, a2 = zero, a3 = zero;
