@@ -7,6 +7,7 @@ at most twice stock's own error at that precision (plus 1e-6).
 
 import pytest
 import torch
+import torch.nn.functional as F
 from _helpers import DEVICE_BACKENDS, rel_err
 from torch import nn
 
@@ -245,3 +246,22 @@ def test_autocast_matches_stock(device_backend):
     assert rel_err(y, y_ref) < 1e-2  # both bf16: a few bf16 roundings apart at most
     y.float().sum().backward()
     assert fused.weight.grad.dtype == torch.float32
+
+
+def test_autocast_of_another_device_leaves_the_input_dtype(device_backend):
+    """Autocast on for a device the input is not on: the call runs in the input's dtype, as
+    stock's conv2d does (the eager fast path steps aside whenever any autocast is on, and the
+    checked path asks about the input's own device)."""
+    device, backend = device_backend
+    other = "cuda" if torch.device(device).type == "cpu" else "cpu"
+    x = torch.randn(2, 4, 8, 8, device=device)
+    w, b = torch.randn(6, 4, 3, 3, device=device), torch.randn(6, device=device)
+    previous = torch.is_autocast_enabled(other)
+    torch.set_autocast_enabled(other, True)  # sets the flag even where that device is absent
+    try:
+        y = conv2d_leaky_relu(x, w, b, padding=1, negative_slope=0.2, backend=backend)
+        y_ref = F.leaky_relu(F.conv2d(x, w, b, padding=1), 0.2)
+    finally:
+        torch.set_autocast_enabled(other, previous)
+    assert y.dtype == y_ref.dtype == torch.float32
+    assert rel_err(y, y_ref) < 1e-5
