@@ -1,9 +1,10 @@
 """Static gates on the sm_90 (H200) build of the CUDA kernels, without a GPU
-(tools/cuda_static_check.py): ptxas -v reports no spills for any kernel instantiation, and
-no kernel calls the 64-bit integer division routine. CI builds the CUDA kernels (torch's
+(tools/cuda_static_check.py): ptxas -v reports no spills for any kernel instantiation, no
+kernel calls the 64-bit integer division routine, and every global load of a kernel that
+does not update a tensor in place takes the read-only path (ld.global.nc). CI builds the CUDA kernels (torch's
 CUDA wheel and nvcc are there); a build without them (FUSEDGAN_BUILD_CUDA=0, a CPU-only
 torch) skips. The tool itself is checked on tests/cuda_static/flagged.cu, built here with
-nvcc: it must flag a division and a spill, and pass a clean kernel.
+nvcc: it must flag a division, a spill and plain loads, and pass a clean kernel.
 """
 
 import importlib.util
@@ -36,7 +37,7 @@ def test_no_spills_and_no_64_bit_division():
 
 
 @needs_cuda_build
-def test_the_gates_flag_a_division_and_a_spill(tmp_path):
+def test_the_gates_flag_a_division_a_spill_and_plain_loads(tmp_path):
     nvcc = cuda_static_check.find_tool("nvcc")
     assert nvcc, "nvcc not found"
     binary = tmp_path / "flagged.o"
@@ -46,5 +47,6 @@ def test_the_gates_flag_a_division_and_a_spill(tmp_path):
     kernels = {k.name: k for k in cuda_static_check.check(binary, "sm_90")}
     assert kernels["divides"].division_sites == 2 and not kernels["divides"].spill_stores
     assert kernels["spills"].spill_stores > 0 and kernels["spills"].spill_loads > 0
-    assert not cuda_static_check.failures([kernels["clean"]])
-    assert len(cuda_static_check.failures(kernels.values())) == 2
+    assert kernels["packed"].plain_loads > 0 and not kernels["packed"].division_sites
+    assert not kernels["clean"].plain_loads and not cuda_static_check.failures([kernels["clean"]])
+    assert len(cuda_static_check.failures(kernels.values())) == 3

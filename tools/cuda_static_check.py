@@ -6,6 +6,11 @@ for one GPU architecture (default sm_90, the H200's), without a GPU:
 - cuobjdump -sass of the architecture's machine code: the call sites of the 64-bit integer
   division routine (whose body starts its reciprocal estimate with I2F.U64.RP; a 64-bit `/`
   or `%` costs tens of instructions). Gate: none in any kernel.
+- The same PTX: global loads that do not take the read-only path (`ld.global` without
+  `.nc`). A kernel's inputs are `const T* __restrict__` parameters, which nvcc loads with
+  `ld.global.nc`; the same pointer inside a struct parameter loses `__restrict__` and
+  loads plainly (docs/design.md, "Kernel arguments"). Gate: none, except in the kernels that
+  update a tensor in place (IN_PLACE), which must read what they write.
 
     python tools/cuda_static_check.py [path/to/_C.so] [--arch sm_90]
 
@@ -42,6 +47,11 @@ def find_tool(name):
         return None
 
 
+# Kernels that read and write one tensor (conv's bias + activation over the convolution's
+# output): their loads of it cannot be read-only.
+IN_PLACE = {"bias_leaky_relu_kernel"}
+
+
 class Kernel(NamedTuple):
     name: str  # demangled, without parameters
     registers: int
@@ -49,6 +59,7 @@ class Kernel(NamedTuple):
     spill_stores: int
     spill_loads: int
     division_sites: int
+    plain_loads: int  # ld.global without .nc in the kernel's PTX
 
 
 def _run(command, **kwargs):
@@ -58,9 +69,15 @@ def _run(command, **kwargs):
     return run.stdout
 
 
+def plain_loads(ptx):
+    """{mangled kernel name: global loads without .nc} in one PTX file's entry functions."""
+    entries = re.split(r"^\s*(?:\.visible\s+|\.weak\s+)?\.entry\s+", ptx, flags=re.M)[1:]
+    return {entry.split("(", 1)[0]: len(re.findall(r"\bld\.global\.(?!nc\b)", entry)) for entry in entries}
+
+
 def ptxas_report(binary, arch, cuobjdump, ptxas):
-    """{mangled kernel name: (registers, stack bytes, spill store bytes, spill load bytes)}
-    from ptxas -v over the binary's embedded PTX for `arch`."""
+    """{mangled kernel name: (registers, stack bytes, spill store bytes, spill load bytes,
+    plain global loads)} from ptxas -v over the binary's embedded PTX for `arch`."""
     report = {}
     with tempfile.TemporaryDirectory() as folder:
         _run([cuobjdump, "-xptx", "all", os.path.abspath(binary)], cwd=folder)
@@ -69,13 +86,15 @@ def ptxas_report(binary, arch, cuobjdump, ptxas):
             raise RuntimeError(f"{binary} embeds no PTX for {arch} (build it with TORCH_CUDA_ARCH_LIST "
                                f"including {arch[3:4]}.{arch[4:]}+PTX)")
         for ptx in files:
+            with open(ptx) as f:
+                loads_of = plain_loads(f.read())
             text = subprocess.run([ptxas, f"-arch={arch}", "-O3", "-v", ptx, "-o", os.devnull],
                                   capture_output=True, text=True, check=True).stderr  # -v reports on stderr
             for name, body in re.findall(r"Compiling entry function '(\S+)'.*?\n(.*?)Compile time", text, re.S):
                 stack, stores, loads = map(int, re.search(
                     r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", body).groups())
                 registers = int(re.search(r"Used (\d+) registers", body).group(1))
-                report[name] = (registers, stack, stores, loads)
+                report[name] = (registers, stack, stores, loads, loads_of.get(name, 0))
     return report
 
 
@@ -116,14 +135,19 @@ def check(binary, arch="sm_90"):
     resources = ptxas_report(binary, arch, cuobjdump, ptxas)
     divisions = division_sites(_run([cuobjdump, "-sass", "-arch", arch, os.path.abspath(binary)]))
     names = sorted(resources)
-    return [Kernel(plain, *resources[name], divisions.get(name, 0)) for name, plain in zip(names, _demangle(names))]
+    rows = []
+    for name, plain in zip(names, _demangle(names)):
+        registers, stack, spill_stores, spill_loads, loads = resources[name]
+        rows.append(Kernel(plain, registers, stack, spill_stores, spill_loads, divisions.get(name, 0), loads))
+    return rows
 
 
 def failures(kernels):
     """What breaks the gates, one line per kernel."""
     return [f"{k.name}: {k.spill_stores} bytes spill stores, {k.spill_loads} bytes spill loads, "
-            f"{k.division_sites} 64-bit division sites" for k in kernels
-            if k.spill_stores or k.spill_loads or k.division_sites]
+            f"{k.division_sites} 64-bit division sites, {k.plain_loads} plain global loads" for k in kernels
+            if k.spill_stores or k.spill_loads or k.division_sites
+            or (k.plain_loads and k.name.split("<")[0] not in IN_PLACE)]
 
 
 def main(argv=None):
@@ -137,10 +161,10 @@ def main(argv=None):
 
         binary = importlib.util.find_spec("fusedgan._C").origin
     kernels = check(binary, args.arch)
-    print(f"{'kernel':<72} {'regs':>4} {'stack':>5} {'spill st/ld':>11} {'div64':>5}")
+    print(f"{'kernel':<72} {'regs':>4} {'stack':>5} {'spill st/ld':>11} {'div64':>5} {'plain ld':>8}")
     for k in sorted(kernels):
         print(f"{k.name:<72} {k.registers:>4} {k.stack:>5} {f'{k.spill_stores}/{k.spill_loads}':>11} "
-              f"{k.division_sites:>5}")
+              f"{k.division_sites:>5} {k.plain_loads:>8}")
     bad = failures(kernels)
     print(f"{len(kernels)} kernels for {args.arch}; " + (f"{len(bad)} fail the gates:" if bad else "all pass"))
     for line in bad:

@@ -17,4 +17,15 @@ __global__ void spills(const float* in, float* out) {
   out[threadIdx.x] = s;
 }
 
-__global__ void clean(const float* in, float* out) { out[threadIdx.x] = 2 * in[threadIdx.x]; }
+// Input and output pointers inside struct parameters (pointer + stride): __restrict__ does
+// not reach them, so the input's loads are plain ld.global, not the read-only ld.global.nc.
+template <typename T>
+struct Operand {
+  T* __restrict__ data;
+  int stride;
+};
+__global__ void packed(Operand<const float> in, Operand<float> out) {
+  out.data[threadIdx.x * out.stride] = 2 * in.data[threadIdx.x * in.stride] + in.data[threadIdx.x * in.stride + 1];
+}
+
+__global__ void clean(const float* __restrict__ in, float* __restrict__ out) { out[threadIdx.x] = 2 * in[threadIdx.x]; }
