@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from cuda_clock import CudaEventClock
 
 from fusedgan._backends import why_unusable
 
@@ -49,26 +50,6 @@ keep_freed_memory()
 def fused_backends():
     """The fused backends that run on DEVICE (the "torch" reference is the oracle, not a product)."""
     return [b for b in ("triton", "cuda", "cpu") if why_unusable(b, DEVICE.type) is None]
-
-
-class CudaEventClock:
-    """A clock read from CUDA events, for pytest-benchmark's timer on GPU: each reading
-    records an event on the current stream and waits for it. A round's calls are launched
-    back to back between two readings and timed on the device (as triton.testing.do_bench
-    does), so no host synchronisation sits between two calls and the latency of the final
-    one is not counted; gaps where the GPU waits for the host's launches are (they are the
-    cost of a launch-bound step)."""
-
-    def __init__(self):
-        self.origin = None
-
-    def __call__(self):
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        if self.origin is None:
-            self.origin = event
-        event.synchronize()
-        return self.origin.elapsed_time(event) / 1e3
 
 
 def precision_label(dtype, layout):

@@ -1,11 +1,17 @@
-"""benchmarks/profile_step.py, the DCGAN step profile BENCHMARKS.md quotes, on a tiny batch:
-every op kind, the fused layers' included, is found in both implementations' profiles, and
-the paired timing reports its ratio."""
+"""The benchmark tools: benchmarks/profile_step.py, the DCGAN step profile BENCHMARKS.md
+quotes, on a tiny batch (every op kind, the fused layers' included, is found in both
+implementations' profiles, and the paired timing reports its ratio); overhead_pairs.py; and
+the GPU benchmarks' clock, checked with stand-in CUDA events on the installed
+pytest-benchmark."""
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -31,3 +37,49 @@ def test_overhead_pairs_times_every_case_against_stock(tmp_path):
     for row in rows:
         stock, fused, ratio = (float(v) for v in row.strip("|").split("|")[4:])
         assert stock > 0 and fused > 0 and ratio > 0, row
+
+
+class StandInStream:
+    """A CUDA stream as the clock sees it: launches queue device time, an event is reached
+    once everything queued before it has run."""
+
+    def __init__(self):
+        self.device_ms = 0.0  # when the work queued so far ends, in device milliseconds
+
+    def launch(self, ms):
+        self.device_ms += ms
+
+    def event_class(self):
+        stream = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                assert enable_timing
+                self.at = None
+
+            def record(self):
+                self.at = stream.device_ms
+
+            def synchronize(self):
+                assert self.at is not None
+
+            def elapsed_time(self, end):
+                return end.at - self.at
+
+        return Event
+
+
+def test_cuda_event_clock_times_the_device_through_pytest_benchmark(benchmark, monkeypatch):
+    """conftest.run_benchmark sets CudaEventClock as pytest-benchmark's (private) timer on a
+    GPU. With stand-in events: a round of 5 launches of 2 device-ms each, which return at
+    once on the host, is 10 ms, so the per-call time is 2 ms; host time would give ~0, and a
+    clock in milliseconds 1000 times too much."""
+    spec = importlib.util.spec_from_file_location("cuda_clock", BENCHMARKS / "cuda_clock.py")
+    cuda_clock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cuda_clock)
+    stream = StandInStream()
+    monkeypatch.setattr(torch.cuda, "Event", stream.event_class())
+    benchmark._timer = cuda_clock.CudaEventClock()
+    benchmark.pedantic(lambda: stream.launch(2.0), rounds=3, iterations=5)
+    assert benchmark.stats.stats.median == pytest.approx(2e-3)
+    assert benchmark.stats.stats.rounds == 3
