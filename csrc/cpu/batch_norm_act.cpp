@@ -4,8 +4,9 @@
 //  - rows (contiguous NCHW): each (n, c) is a run of S contiguous values. Threads take
 //    groups of adjacent channels and walk a group's runs in memory order (n outer), so the
 //    loads stream whole pages; a channel's statistics merge (Chan) the exact two-pass
-//    statistics of its chunks of at most kChunk values, and its output follows while the
-//    group's slice is in cache.
+//    statistics of its chunks of at most kChunk values (runs under kLaneRun values: two
+//    passes over the channel, its mean then its squared deviations), and its output
+//    follows while the group's slice is in cache.
 //  - channels (channels_last, and (N, C) inputs): each of the R = N*S rows holds C
 //    contiguous channels. Rows are cut into a fixed number of blocks, each block reduces
 //    into per-channel partials, and the partials are merged in block order.
@@ -93,8 +94,12 @@ void grad_input_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__
 // Forward
 // ---------------------------------------------------------------------------------------
 
-// Runs shorter than this take the short-run statistics of forward_rows.
-constexpr int64_t kShortRun = 16;
+// The statistics of forward_rows by run length S (paired timings of the training forward
+// on the 2-core CPU, fp32 and bf16): runs under kShortRun values, two passes in double
+// (0.5x-0.9x of the chunks' time at 1 to 9 values); under kLaneRun, two passes in lane
+// sums (0.8x-0.87x at 16 values, where double passes took 1.03x-1.13x; a tie at 64);
+// longer runs, chunk statistics merged in order.
+constexpr int64_t kShortRun = 16, kLaneRun = 64;
 
 // Rows layout: a group of channels at a time (rows_group_size), statistics (one read of
 // x) then output while the group's slice is still in cache, so x comes from memory once
@@ -109,7 +114,8 @@ void forward_rows(const Layout& L, const std::vector<double>& w, const std::vect
   const bool stream = L.t.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes;
   at::parallel_for(0, (C + k - 1) / k, grain(k * N * S), [&, slope, x, y](int64_t g0, int64_t g1) {
     std::vector<double> count(k), channel_mean(k), channel_m2(k);
-    std::vector<opmath_t> mean(k), scale(k), bias(k);
+    std::vector<opmath_t> mean(k), scale(k), bias(k), shift(k);
+    std::vector<LaneSum<opmath_t>> lanes(k);
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t c0 = g * k, c1 = std::min(C, c0 + k);
       if (training) {
@@ -131,6 +137,25 @@ void forward_rows(const Layout& L, const std::vector<double>& w, const std::vect
               channel_m2[j] += d * d;
             }
           });
+        } else if (S < kLaneRun) {
+          // Runs of 16 to 63 values (4x4 to 7x7 maps): the same two passes over each
+          // channel's runs, in lane sums (norm_loops.h, add_deviations) instead of a chunk's
+          // reductions and merge per run, which cost more than its values here. The first
+          // pass sums deviations from the channel's first value, so its fp32 lanes round
+          // at the scale of the spread, not of the mean.
+          for (int64_t j = 0; j < c1 - c0; ++j)
+            lanes[j] = LaneSum<opmath_t>(), shift[j] = static_cast<opmath_t>(x[(c0 + j) * S]);
+          for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
+            for_chunks(x + run, S, [&](const opmath_t* p, int64_t n) { add_deviations<1>(p, n, shift[j], lanes[j]); });
+          });
+          for (int64_t j = 0; j < c1 - c0; ++j) {
+            count[j] = double(N * S), channel_mean[j] = double(shift[j]) + lanes[j].result() / count[j];
+            lanes[j] = LaneSum<opmath_t>(), shift[j] = opmath_t(channel_mean[j]);
+          }
+          for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
+            for_chunks(x + run, S, [&](const opmath_t* p, int64_t n) { add_deviations<2>(p, n, shift[j], lanes[j]); });
+          });
+          for (int64_t j = 0; j < c1 - c0; ++j) channel_m2[j] = lanes[j].result();
         } else {
           for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
             for_chunks(x + run, S, [&](const opmath_t* p, int64_t len) {

@@ -138,6 +138,28 @@ void add_grad_terms(const opmath_t* x, const opmath_t* dy, int64_t len, opmath_t
   sum_dzx.counted(len);
 }
 
+// Adds the len values at p as deviations from center, x - center (POWER 1) or
+// (x - center)^2 (POWER 2), to a lane sum: a channel's statistics over many runs too short
+// for chunk_stats, in two passes (the sum of deviations from a value of the channel, then the
+// squared deviations from the mean), with no reduction per run.
+template <int POWER, typename opmath_t>
+void add_deviations(const opmath_t* p, int64_t len, opmath_t center, LaneSum<opmath_t>& sum) {
+  using Vec = at::vec::Vectorized<opmath_t>;
+  constexpr int64_t W = Vec::size();
+  const Vec vcenter(center);
+  Vec acc = sum.acc;  // in a register across the run, not through the LaneSum's memory
+  int64_t i = 0;
+  for (; i + W <= len; i += W) {
+    const Vec d = Vec::loadu(p + i) - vcenter;
+    acc = POWER == 1 ? acc + d : at::vec::fmadd(d, d, acc);
+  }
+  sum.acc = acc;
+  opmath_t tail = 0;
+  for (; i < len; ++i) tail += POWER == 1 ? p[i] - center : (p[i] - center) * (p[i] - center);
+  sum.tail += tail;
+  sum.counted(len);
+}
+
 // p's len values as opmath_t: p itself, or converted into buf (len <= kChunk).
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 const opmath_t* as_opmath(const scalar_t* p, int64_t len, opmath_t* buf) {
