@@ -69,7 +69,13 @@ struct Plan {
   int64_t sample_c_blocks = 0;  // per-sample reductions: channel blocks per sample
   bool wide = false;  // offsets need int64
 
-  dim3 grid() const { return dim3(unsigned(c_blocks), unsigned(n_splits)); }
+  // Grid x holds the channel blocks: at most 2^31 - 1 of them, and the kernels index
+  // channels in 32 bits, so C must fit too (a wrapped grid would leave outputs unwritten).
+  dim3 grid() const {
+    TORCH_CHECK(c_blocks < (int64_t(1) << 31) && C < (int64_t(1) << 31), "fusedgan: ", C,
+                " channels are more than one CUDA grid (2^31 - 1 blocks) and 32-bit channel indices hold");
+    return dim3(unsigned(c_blocks), unsigned(n_splits));
+  }
 
   template <typename index_t>
   Rows<index_t> rows() const {

@@ -410,7 +410,7 @@ void launch(const Launch& config, void (*body)(const void*), const void* arg) {
   const long blocks = long(g.x) * g.y * g.z;
   if (b.x * b.y * b.z == 0 || b.x * b.y * b.z > 1024 || b.z > 64)
     throw std::runtime_error(std::string("fusedgan simt: invalid block size for ") + config.kernel);
-  if (g.y > 65535 || g.z > 65535 || blocks == 0)
+  if (g.x > 2147483647u || g.y > 65535 || g.z > 65535 || blocks == 0)  // CUDA's limits: 2^31 - 1, 65535, 65535
     throw std::runtime_error(std::string("fusedgan simt: invalid grid for ") + config.kernel);
   {
     std::lock_guard<std::mutex> lock(log_mutex);

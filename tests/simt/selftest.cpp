@@ -136,6 +136,8 @@ void test_bounds() {
     launch_kernel<copy_kernel>(dim3(1), dim3(64), dptr<const float>(nullptr), ptr(out), 0);
   });
   check("a null pointer is caught", null.find("null pointer") != std::string::npos, null);
+  const std::string grid = error_of([&] { launch_kernel<copy_kernel>(dim3(1u << 31), dim3(64), ptr(in), ptr(out), 0); });
+  check("a grid of 2^31 blocks along x is refused", grid.find("invalid grid") != std::string::npos, grid);
 }
 
 // ---- barriers and shuffles that not every thread reaches ----
