@@ -93,6 +93,9 @@ _functorch_on = torch._C._are_functorch_transforms_active
 # inside a training loop than its own 0.4 us (cold code between oneDNN calls). The rare
 # call with autocast on for another device than the input's takes the checked Python path.
 _any_autocast = torch._C._is_any_autocast_enabled
+# What sends a C entry's call (_fast_conv2d_leaky_relu) to its Python path, each a
+# no-argument call that returns a true value when active, as in _entry_op.
+_EAGER_BLOCKERS = (_function_mode_on, _dispatch_modes, _functorch_on, _any_autocast)
 
 
 def _device_type(tensor):
@@ -305,7 +308,10 @@ def _pair(value, name):
 def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, negative_slope=0.01, *,
                       backend="auto"):
     """leaky_relu(conv2d(input, weight, bias), negative_slope) in one op (negative_slope=0 is
-    ReLU); the arguments of torch.nn.functional.conv2d, with zero padding."""
+    ReLU); the arguments of torch.nn.functional.conv2d, with zero padding.
+
+    This is the Python path; with _C loaded, the module's conv2d_leaky_relu is the C function
+    made below over it."""
     if (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and type(groups) is int
             and type(negative_slope) in _NUMBER and not _any_autocast()
             and (entry := _entry_op(input, backend, "conv_act", weight, bias))):
@@ -352,3 +358,22 @@ def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1,
     name = "torch" if input.numel() == 0 else resolve_backend(backend, input.device, "conv_act")
     return Conv2dLeakyReLUFunction.apply(input, weight, bias, stride, padding, dilation, groups, float(negative_slope),
                                          name)
+
+
+def _fast_conv2d_leaky_relu(python_path):
+    """conv2d_leaky_relu: with _C loaded, a C function (csrc/python_entries.cpp) that calls
+    the fused op itself for a plain eager call on a C++ backend, as stock's F.conv2d is one C
+    call, and passes every other call, unchanged, to python_path (the checks, the errors, the
+    other backends); torch.compile traces python_path in its place. Without _C, python_path."""
+    from fusedgan import _extension
+
+    if _extension.ENTRY_OPS is None:
+        return python_path
+    function = _extension._C.make_conv2d_leaky_relu(python_path, entry_ops, _EAGER_BLOCKERS, torch.nn.Parameter,
+                                                    __name__)
+    torch.compiler.substitute_in_graph(function)(python_path)
+    return function
+
+
+_conv2d_leaky_relu_python = conv2d_leaky_relu
+conv2d_leaky_relu = _fast_conv2d_leaky_relu(_conv2d_leaky_relu_python)

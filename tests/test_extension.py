@@ -1,6 +1,7 @@
 """The C++/CUDA extension: op registration, opcheck (of its ops and of the Triton
 backend's custom ops, which share their schemas), and falling back when it cannot load."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -293,3 +294,61 @@ def test_eager_calls_take_the_plain_entry_unless_the_dispatcher_must_see_them():
 
 class _Marked(torch.Tensor):
     """A tensor subclass (with torch function handling, as a DTensor has)."""
+
+
+@needs_extension
+def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
+    """fusedgan.functional.conv2d_leaky_relu is a C function (csrc/python_entries.cpp): a plain
+    eager call on a C++ backend never reaches its Python path, and gives the Python path's
+    bits; every other call reaches the Python path with exactly the arguments it was given
+    (and so its checks and error messages)."""
+    from fusedgan import functional as fn
+    from fusedgan._backends import entry_ops
+
+    assert inspect.signature(fn.conv2d_leaky_relu) == inspect.signature(fn._conv2d_leaky_relu_python)
+    calls = []
+
+    def python_path(*args, **kwargs):
+        calls.append((args, kwargs))
+        return fn._conv2d_leaky_relu_python(*args, **kwargs)
+
+    entry = _extension._C.make_conv2d_leaky_relu(python_path, entry_ops, fn._EAGER_BLOCKERS, torch.nn.Parameter,
+                                                 __name__)
+    x = torch.randn(2, 3, 6, 5, requires_grad=True)
+    w, b = torch.nn.Parameter(torch.randn(4, 3, 3, 3)), torch.randn(4, requires_grad=True)
+    plain = [((x, w, b), {}), ((x, w, b, 1, 1, 1, 1, 0.2), {}), ((x, w, None, (1, 2), [1, 0], 1, 1, 0), {}),
+             ((), dict(input=x, weight=w, bias=b, padding=1, negative_slope=0, backend="cpu")),
+             ((x, w), dict(groups=1, dilation=(2, 1), stride=[2, 2], negative_slope=3))]
+    for args, kwargs in plain:
+        y = entry(*args, **kwargs)
+        assert not calls, (args, kwargs)
+        expected = fn._conv2d_leaky_relu_python(*args, **kwargs)
+        assert torch.equal(y, expected)
+        assert torch.equal(torch.autograd.grad(y.sum(), (x, w))[0], torch.autograd.grad(expected.sum(), (x, w))[0])
+
+    class FunctionMode(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    modes = {"dispatch mode": _SeenOps, "torch function mode": FunctionMode,
+             "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+    # Another backend, subclasses, an empty batch, arguments of other types (a float stride,
+    # a bool slope, a triple, an int beyond int64), unknown or missing arguments, too many.
+    python_only = [((x, w, b), dict(backend="torch")), ((x.as_subclass(_Marked), w), {}),
+                   ((x, w, b.as_subclass(_Marked)), {}), ((torch.empty(0, 3, 6, 5), w), {}), ((x, w, b, 1.0), {}),
+                   ((x, w, b, 1, 1, 1, 1, True), {}), ((x, w, b, (1, 1, 1)), {}), ((x, w), dict(groups=2**70)),
+                   ((x, w), dict(negative_slope=-1.0, nope=1)), ((x,), {}), ((x, w, b, 1, 1, 1, 1, 0.2, "cpu"), {}),
+                   ((x, w), dict(backend=("cpu",))), ((x, w), dict(weight=w))]
+    for args, kwargs in python_only:
+        try:
+            entry(*args, **kwargs)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+        assert calls == [(args, kwargs)], (args, kwargs)
+        calls.clear()
+    for name, mode in modes.items():
+        with mode():
+            entry(x, w, b)
+        assert calls.pop() == ((x, w, b), {}), name
+    with torch.no_grad():  # no mode: the C++ op, recording no graph
+        assert entry(x, w, b).grad_fn is None and not calls
