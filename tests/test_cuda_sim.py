@@ -88,7 +88,7 @@ def test_the_suites_shapes_reach_every_kernel():
                 missing += [f"{kernel}<{t}, {a}, int, {one_pass}>"]
         for vec, pack_rows in ((1, "false"), (row_pack, "true"), (channel_pack, "false")):
             missing += [f"{k}<{t}, {a}, int, {vec}, {pack_rows}>" for k in ("bn_apply_kernel", "bn_grad_input_kernel")]
-        missing += [f"bn_stats_merge_kernel<{a}>", f"sum_splits_kernel<{a}>"]
+        missing += [f"bn_stats_merge_kernel<{t}, {a}>", f"sum_splits_kernel<{a}>"]
         split = [k for k, y in bn.items() if k.startswith(f"bn_stats_kernel<{t}, {a}, int, false") and y > 1]
         assert split, f"no BatchNorm shape of the suite splits rows in {dtype}"
     missing = sorted(set(missing) - set(bn))
@@ -237,7 +237,7 @@ def test_group_norm_paths_reach_every_kernel_and_match_the_cpu_kernels():
                     for one_pass in ("true", "false")]
         for vec, pack_rows in ((1, "false"), (row_pack, "true"), (channel_pack, "false")):
             missing += [f"{k}<{t}, {a}, int, {vec}, {pack_rows}>" for k in ("gn_apply_kernel", "gn_grad_input_kernel")]
-        missing += [f"{k}<{a}>" for k in ("gn_stats_merge_kernel", "gn_grad_merge_kernel", "sum_splits_kernel")]
+        missing += [f"gn_stats_merge_kernel<{t}, {a}>", f"gn_grad_merge_kernel<{a}>", f"sum_splits_kernel<{a}>"]
         assert gn[f"gn_channel_stats_kernel<{t}, {a}, int, false>"] > 1, f"no GroupNorm case splits samples in {dtype}"
     missing = sorted(set(missing) - set(gn))
     assert not missing, f"kernels no GroupNorm case reaches: {missing}"

@@ -20,6 +20,7 @@ from torch import nn
 
 import fusedgan
 from fusedgan import functional, reference
+from fusedgan._backends import backend_module
 from fusedgan._layout import channel_view
 
 FLOOR = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-3, torch.bfloat16: 1e-2}
@@ -260,3 +261,22 @@ def test_triton_split_path(monkeypatch, shape, groups, layout, dtype):
             tolerance = floor if name in ("y", "dx") or dtype != torch.bfloat16 else 1e-5
             assert rel_err(ours, theirs) <= tolerance, name
         assert runs[0][0].stride() == torch.empty_like(read).stride()
+
+
+@pytest.mark.parametrize("shape, groups, channels_last", [((2, 8, 16, 16), 8, False), ((2, 8, 16, 16), 2, False),
+                                                          ((1, 2, 128, 128), 1, False), ((2, 8, 16, 16), 2, True)])
+def test_group_statistics_when_the_mean_dwarfs_the_spread(gn_backend, shape, groups, channels_last):
+    """x = 1e4 + N(0, 1) in fp32: each (sample, group)'s mean and variance within the fp32
+    rule (1e-5) of float64's, as test_batch_norm_act's test of the same name; (1, 2, 128,
+    128) takes the CUDA kernels' tiled splits and their merge."""
+    device, backend = gn_backend
+    torch.manual_seed(0)
+    x = (torch.randn(shape, dtype=torch.float64, device=device) + 1e4).float()
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    C = shape[1]
+    ones, zeros = torch.ones(C, device=device), torch.zeros(C, device=device)
+    _, mean, var = backend_module(backend).gn_act_forward(x, ones, zeros, groups, 1e-5, 0, 0.0)
+    ref_var, ref_mean = torch.var_mean(x.double().reshape(shape[0], groups, -1), dim=2, correction=0)
+    assert rel_err(mean.reshape(ref_mean.shape), ref_mean) < FLOOR[torch.float32]
+    assert ((var.double().reshape(ref_var.shape) - ref_var).abs() / ref_var).max().item() < FLOOR[torch.float32]

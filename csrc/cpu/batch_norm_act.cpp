@@ -157,13 +157,16 @@ void forward_rows(const Layout& L, const std::vector<double>& w, const std::vect
           });
           for (int64_t j = 0; j < c1 - c0; ++j) channel_m2[j] = lanes[j].result();
         } else {
+          // Chunk means as deviations from the channel's first value (norm_loops.h, chunk_stats).
+          for (int64_t j = 0; j < c1 - c0; ++j) shift[j] = static_cast<opmath_t>(x[(c0 + j) * S]);
           for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
             for_chunks(x + run, S, [&](const opmath_t* p, int64_t len) {
               opmath_t chunk_mean, chunk_m2;
-              chunk_stats(p, len, chunk_mean, chunk_m2);
+              chunk_stats(p, len, shift[j], chunk_mean, chunk_m2);
               welford_merge<double>(count[j], channel_mean[j], channel_m2[j], double(len), chunk_mean, chunk_m2);
             });
           });
+          for (int64_t j = 0; j < c1 - c0; ++j) channel_mean[j] += double(shift[j]);
         }
         for (int64_t j = 0; j < c1 - c0; ++j)
           mean_v[c0 + j] = channel_mean[j], var_v[c0 + j] = channel_m2[j] / count[j];

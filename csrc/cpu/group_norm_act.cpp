@@ -57,11 +57,13 @@ void forward_rows(const Layout& L, int64_t G, const std::vector<double>& w, cons
     for (int64_t i = i0; i < i1; ++i) {  // i = n * G + g
       const scalar_t* run = x + i * Cg * S;
       double count = 0, mean = 0, m2 = 0;
+      const opmath_t shift = static_cast<opmath_t>(run[0]);  // chunk means as deviations from it (chunk_stats)
       for_chunks(run, Cg * S, [&](const opmath_t* p, int64_t len) {
         opmath_t chunk_mean, chunk_m2;
-        chunk_stats(p, len, chunk_mean, chunk_m2);
+        chunk_stats(p, len, shift, chunk_mean, chunk_m2);
         welford_merge<double>(count, mean, m2, double(len), chunk_mean, chunk_m2);
       });
+      mean += double(shift);
       mean_v[i] = mean, var_v[i] = m2 / count;
       const double rstd = 1.0 / std::sqrt(var_v[i] + eps);
       for (int64_t j = 0; j < Cg; ++j) {

@@ -57,47 +57,53 @@ struct LaneSum {
   }
 };
 
-// Exact two-pass statistics of the len <= kChunk values at p: their mean, then the sum of
-// their squared deviations, read again from L1. Chunks merge into a channel's statistics
-// with welford_merge, so x is read from memory once for the statistics. Each pass keeps
-// four independent vector sums (combined in a fixed order): one sum would wait on the
-// previous add's latency every 8 values, which made this loop latency-bound.
+// Exact two-pass statistics of the len <= kChunk values at p, as deviations from `shift` (a
+// value of the channel or group, the same for all its chunks): the mean of x - shift, then
+// the sum of squared deviations from the mean, read again from L1. Chunks merge into a
+// channel's statistics with welford_merge, so x is read from memory once for the
+// statistics. The shift keeps the chunk means, and so the merge's differences between them,
+// at the scale of the spread: a chunk mean at the scale of a large channel mean (1e4 with a
+// spread of 1) carries a rounding error of 1e-3 of the spread, which the merges turned into
+// 1e-5 to 3e-5 of the variance. Each pass keeps four independent vector sums (combined in a
+// fixed order): one sum would wait on the previous add's latency every 8 values, which made
+// this loop latency-bound.
 template <typename opmath_t>
-void chunk_stats(const opmath_t* p, int64_t len, opmath_t& mean, opmath_t& m2) {
+void chunk_stats(const opmath_t* p, int64_t len, opmath_t shift, opmath_t& mean, opmath_t& m2) {
   using Vec = at::vec::Vectorized<opmath_t>;
   constexpr int64_t W = Vec::size();
   if (len < W) {  // a short run (small H * W): the vector sums' setup and reductions would cost more
     opmath_t sum = 0, sq = 0;
-    for (int64_t i = 0; i < len; ++i) sum += p[i];
+    for (int64_t i = 0; i < len; ++i) sum += p[i] - shift;
     mean = sum / opmath_t(len);
-    for (int64_t i = 0; i < len; ++i) sq += (p[i] - mean) * (p[i] - mean);
+    for (int64_t i = 0; i < len; ++i) sq += (p[i] - shift - mean) * (p[i] - shift - mean);
     m2 = sq;
     return;
   }
   const auto add = [](Vec& a, Vec& b) { return a + b; };
-  const Vec zero(opmath_t(0));
+  const Vec zero(opmath_t(0)), vshift(shift);
+  const auto load = [&](int64_t k) { return Vec::loadu(p + k) - vshift; };
   Vec a0 = zero, a1 = zero, a2 = zero, a3 = zero;
   opmath_t tail = 0;
   int64_t i = 0;
   for (; i + 4 * W <= len; i += 4 * W) {
-    a0 = a0 + Vec::loadu(p + i), a1 = a1 + Vec::loadu(p + i + W);
-    a2 = a2 + Vec::loadu(p + i + 2 * W), a3 = a3 + Vec::loadu(p + i + 3 * W);
+    a0 = a0 + load(i), a1 = a1 + load(i + W);
+    a2 = a2 + load(i + 2 * W), a3 = a3 + load(i + 3 * W);
   }
-  for (; i + W <= len; i += W) a0 = a0 + Vec::loadu(p + i);
-  for (; i < len; ++i) tail += p[i];
+  for (; i + W <= len; i += W) a0 = a0 + load(i);
+  for (; i < len; ++i) tail += p[i] - shift;
   Vec total = (a0 + a1) + (a2 + a3);
   mean = (at::vec::vec_reduce_all<opmath_t>(add, total) + tail) / opmath_t(len);
   const Vec center(mean);
   a0 = a1 = a2 = a3 = zero;
   tail = 0;
   const auto square = [&](int64_t k, Vec acc) {
-    const Vec d = Vec::loadu(p + k) - center;
+    const Vec d = load(k) - center;
     return at::vec::fmadd(d, d, acc);
   };
   for (i = 0; i + 4 * W <= len; i += 4 * W)
     a0 = square(i, a0), a1 = square(i + W, a1), a2 = square(i + 2 * W, a2), a3 = square(i + 3 * W, a3);
   for (; i + W <= len; i += W) a0 = square(i, a0);
-  for (; i < len; ++i) tail += (p[i] - mean) * (p[i] - mean);
+  for (; i < len; ++i) tail += (p[i] - shift - mean) * (p[i] - shift - mean);
   total = (a0 + a1) + (a2 + a3);
   m2 = at::vec::vec_reduce_all<opmath_t>(add, total) + tail;
 }

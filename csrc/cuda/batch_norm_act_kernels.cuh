@@ -22,7 +22,8 @@ namespace fusedgan {
 namespace {
 
 // Batch statistics of one (channel block, split). ONE_PASS: also mean_out, var_out and y.
-// Else the split's (count, mean, M2) go to part, a (3, n_splits, C) tensor.
+// Else the split's (count, mean, M2) go to part, a (3, n_splits, C) tensor, the mean as a
+// deviation from the channel's first value (thread_stats).
 template <typename scalar_t, typename acc_t, typename index_t, bool ONE_PASS>
 __global__ void bn_stats_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<const acc_t> w, dptr<const acc_t> b,
                                 dptr<acc_t> mean_out, dptr<acc_t> var_out, dptr<acc_t> part, Rows<index_t> rows,
@@ -30,8 +31,10 @@ __global__ void bn_stats_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
   const index_t c = rows.channel(1), r_end = rows.split_end();
   const bool active = c < rows.C;
   const Cursor<index_t> first = rows.at(rows.split_begin() + rows.lane_r()), step = rows.at(rows.row_lanes());
+  // The channel's first value (row 0): thread_stats' shift, in every split.
+  const acc_t shift = active ? static_cast<acc_t>(x[c * xs.c]) : acc_t(0);
   acc_t v[kItems];
-  Acc<acc_t, 3> stats = thread_stats<ONE_PASS>(x, xs, c, active, rows, first, step, r_end, v);
+  Acc<acc_t, 3> stats = thread_stats<ONE_PASS>(x, xs, c, active, rows, first, step, r_end, shift, v);
   stats = block_reduce(stats, rows.c_shift, WelfordMerge{});
   if (!active) return;
   if (!ONE_PASS) {
@@ -43,9 +46,9 @@ __global__ void bn_stats_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
     }
     return;
   }
-  const acc_t var = stats.v[2] / stats.v[0];
-  if (rows.lane_r() == 0) mean_out[c] = stats.v[1], var_out[c] = var;
-  const Coefficients<acc_t> k = coefficients(stats.v[1], var, w[c], b[c], eps);
+  const acc_t mean = stats.v[1] + shift, var = stats.v[2] / stats.v[0];
+  if (rows.lane_r() == 0) mean_out[c] = mean, var_out[c] = var;
+  const Coefficients<acc_t> k = coefficients(mean, var, w[c], b[c], eps);
   Cursor<index_t> cur = first;
   FUSEDGAN_UNROLL
   for (int i = 0; i < kItems; ++i) {
@@ -56,16 +59,17 @@ __global__ void bn_stats_kernel(dptr<const scalar_t> x, dptr<scalar_t> y, dptr<c
   }
 }
 
-// Merges the splits' statistics in split order: mean and biased variance per channel.
-template <typename acc_t>
-__global__ void bn_stats_merge_kernel(dptr<const acc_t> part, dptr<acc_t> mean_out, dptr<acc_t> var_out, int64_t C,
-                                      int64_t n_splits) {
+// Merges the splits' statistics in split order: mean and biased variance per channel. The
+// means in part are deviations from the channel's first value, x[c * x_stride_c].
+template <typename scalar_t, typename acc_t>
+__global__ void bn_stats_merge_kernel(dptr<const acc_t> part, dptr<const scalar_t> x, int64_t x_stride_c,
+                                      dptr<acc_t> mean_out, dptr<acc_t> var_out, int64_t C, int64_t n_splits) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   Acc<acc_t, 3> stats{{0, 0, 0}};
   for (int64_t i = 0; i < n_splits; ++i)
     WelfordMerge{}(stats, Acc<acc_t, 3>{{part[i * C + c], part[(n_splits + i) * C + c], part[(2 * n_splits + i) * C + c]}});
-  mean_out[c] = stats.v[1];
+  mean_out[c] = stats.v[1] + static_cast<acc_t>(x[c * x_stride_c]);
   var_out[c] = stats.v[2] / stats.v[0];
 }
 

@@ -67,9 +67,10 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_forward_cuda(const Tensor& x_in, const
           int(act), acc_t(slope));
     });
     if (plan.one_pass) return;  // y written too
-    launch<bn_stats_merge_kernel<acc_t>>(dim3(unsigned(ceil_div(x.C, kThreads))), kThreads,
-                                         device_ptr<const acc_t>(part), device_ptr<acc_t>(mean),
-                                         device_ptr<acc_t>(var), x.C, plan.n_splits);
+    launch<bn_stats_merge_kernel<scalar_t, acc_t>>(dim3(unsigned(ceil_div(x.C, kThreads))), kThreads,
+                                                   device_ptr<const acc_t>(part), device_ptr<const scalar_t>(x.t),
+                                                   strides<int64_t>(x).c, device_ptr<acc_t>(mean),
+                                                   device_ptr<acc_t>(var), x.C, plan.n_splits);
     apply();
   });
   return {y, mean, var};

@@ -106,8 +106,12 @@ __global__ void gn_channel_stats_kernel(dptr<const scalar_t> x, dptr<scalar_t> y
   const SampleSplit<index_t> blk = sample_split(rows, c_blocks);
   const bool active = blk.c < rows.C;
   const Cursor<index_t> first = rows.at(blk.begin + rows.lane_r()), step = rows.at(rows.row_lanes());
+  // The (sample, group)'s first value (its first channel, row 0): thread_stats' shift for
+  // every channel and split of the group, so that they merge.
+  const acc_t shift =
+      active ? static_cast<acc_t>(x[blk.n * xs.n + group_of(blk.c, Cg) * index_t(Cg) * xs.c]) : acc_t(0);
   acc_t v[kItems];
-  Acc<acc_t, 3> stats = thread_stats<ONE_PASS>(x, xs, blk.c, active, rows, first, step, blk.end, v);
+  Acc<acc_t, 3> stats = thread_stats<ONE_PASS>(x, xs, blk.c, active, rows, first, step, blk.end, shift, v);
   stats = block_reduce(stats, rows.c_shift, WelfordMerge{});
   if (!ONE_PASS) {
     if (!active || rows.lane_r() != 0) return;
@@ -119,12 +123,12 @@ __global__ void gn_channel_stats_kernel(dptr<const scalar_t> x, dptr<scalar_t> y
   }
   stats = group_reduce(stats, Cg, WelfordMerge{});
   if (!active) return;
-  const acc_t var = stats.v[2] / stats.v[0];
+  const acc_t mean = stats.v[1] + shift, var = stats.v[2] / stats.v[0];
   if (rows.lane_r() == 0 && (rows.lane_c() & (Cg - 1)) == 0) {  // the group's first channel
     const index_t i = blk.n * G + group_of(blk.c, Cg);
-    mean_out[i] = stats.v[1], var_out[i] = var;
+    mean_out[i] = mean, var_out[i] = var;
   }
-  const Coefficients<acc_t> k = coefficients(stats.v[1], var, w[blk.c], b[blk.c], eps);
+  const Coefficients<acc_t> k = coefficients(mean, var, w[blk.c], b[blk.c], eps);
   Cursor<index_t> cur = first;
   FUSEDGAN_UNROLL
   for (int u = 0; u < kItems; ++u) {
@@ -138,12 +142,15 @@ __global__ void gn_channel_stats_kernel(dptr<const scalar_t> x, dptr<scalar_t> y
 // One thread per (sample, group) i: merges the group's channels in channel order, each
 // channel's splits in split order, into mean and biased var; rstd = 1 / sqrt(var + eps) as
 // coefficients() computes it (the elementwise kernels' z is the same bit for bit in
-// forward and backward). The group's (sample, channel) entries are i * Cg + j.
-template <typename acc_t>
-__global__ void gn_stats_merge_kernel(dptr<const acc_t> part, dptr<acc_t> mean_out, dptr<acc_t> var_out,
-                                      dptr<acc_t> rstd_out, int64_t NG, int64_t Cg, int64_t n_splits, acc_t eps) {
+// forward and backward). The group's (sample, channel) entries are i * Cg + j; their means
+// are deviations from the group's first value (gn_channel_stats_kernel), read from x.
+template <typename scalar_t, typename acc_t>
+__global__ void gn_stats_merge_kernel(dptr<const acc_t> part, dptr<const scalar_t> x, Strides<int64_t> xs,
+                                      dptr<acc_t> mean_out, dptr<acc_t> var_out, dptr<acc_t> rstd_out,
+                                      FastDivider<int64_t> by_G, int64_t NG, int64_t Cg, int64_t n_splits, acc_t eps) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= NG) return;
+  const int64_t n = by_G.div(i), g = i - n * by_G.divisor;
   const int64_t plane = n_splits * NG * Cg;
   Acc<acc_t, 3> stats{{0, 0, 0}};
   for (int64_t j = i * Cg; j < (i + 1) * Cg; ++j)
@@ -151,9 +158,9 @@ __global__ void gn_stats_merge_kernel(dptr<const acc_t> part, dptr<acc_t> mean_o
       const int64_t at = k * NG * Cg + j;
       WelfordMerge{}(stats, Acc<acc_t, 3>{{part[at], part[plane + at], part[2 * plane + at]}});
     }
-  const acc_t var = stats.v[2] / stats.v[0];
-  mean_out[i] = stats.v[1], var_out[i] = var;
-  rstd_out[i] = coefficients(stats.v[1], var, acc_t(1), acc_t(0), eps).invstd;
+  const acc_t mean = stats.v[1] + static_cast<acc_t>(x[n * xs.n + g * Cg * xs.c]), var = stats.v[2] / stats.v[0];
+  mean_out[i] = mean, var_out[i] = var;
+  rstd_out[i] = coefficients(mean, var, acc_t(1), acc_t(0), eps).invstd;
 }
 
 // y = act(z) for the rows of one (channel block, split), from each (sample, group)'s mean

@@ -59,9 +59,10 @@ std::tuple<Tensor, Tensor, Tensor> gn_act_forward_cuda(const Tensor& x_in, const
     });
     if (rp.one_pass) return;  // y written too
     const Tensor rstd = poison(at::empty({NG}, opts));
-    launch<gn_stats_merge_kernel<acc_t>>(dim3(merge_blocks(NG)), kThreads, device_ptr<const acc_t>(part),
-                                         device_ptr<acc_t>(mean), device_ptr<acc_t>(var), device_ptr<acc_t>(rstd), NG,
-                                         Cg, rp.n_splits, acc_t(eps));
+    launch<gn_stats_merge_kernel<scalar_t, acc_t>>(
+        dim3(merge_blocks(NG)), kThreads, device_ptr<const acc_t>(part), device_ptr<const scalar_t>(x.t),
+        strides<int64_t>(x), device_ptr<acc_t>(mean), device_ptr<acc_t>(var), device_ptr<acc_t>(rstd),
+        FastDivider<int64_t>(G), NG, Cg, rp.n_splits, acc_t(eps));
     const Plan plan = plan_elementwise<scalar_t>(x, sms, {&x, &yv});
     with_elementwise<scalar_t>(plan, [&](auto index, auto vec, auto pack_rows) {
       using index_t = decltype(index);
