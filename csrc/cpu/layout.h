@@ -12,7 +12,8 @@ namespace {
 
 using at::Tensor;
 
-constexpr int64_t kRowBlocks = 64;   // fixed row blocks of the channels layout
+constexpr int64_t kRowBlocks = 64;     // fixed row blocks of the channels layout
+constexpr int64_t kMinBlockRows = 64;  // rows a block of channel_stats_rows holds at least
 
 struct Layout {
   Tensor t;  // the tensor in the chosen layout (a copy only if it was in neither)

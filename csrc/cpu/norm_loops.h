@@ -268,32 +268,52 @@ void apply_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t
 
 // Per-channel mean and M2 (sum of squared deviations) of R rows of C channels (row r,
 // channel c at x[r * C + c]): fixed row blocks (two passes each, in double), merged in block
-// order with Chan's formula, so the result depends on neither threads nor scheduling.
+// order with Chan's formula, so the result depends on neither threads nor scheduling. The
+// blocks depend on R alone: at most kRowBlocks, of at least kMinBlockRows rows (a 4x4 map
+// at batch 64 is 1024 rows: 16 blocks, not 64 of 16 rows, whose merges cost C * 64 Chan
+// steps). Each pass adds four rows at a time into the block's per-channel sums (one load
+// and store of a sum per four values, vectorized along channels), and the merge runs
+// along channels with the block's coefficients hoisted (welford_merge's formula, in the
+// same order of operations).
 template <typename scalar_t>
 void channel_stats_rows(const scalar_t* x, int64_t R, int64_t C, double* mean_out, double* m2_out) {
-  const int64_t blocks = std::min(kRowBlocks, R);
-  std::vector<double> block_mean(blocks * C, 0.0), block_m2(blocks * C, 0.0);
+  const int64_t blocks = std::max<int64_t>(1, std::min(kRowBlocks, R / kMinBlockRows));
+  std::vector<double> block_mean(blocks * C), block_m2(blocks * C);
   at::parallel_for(0, blocks, grain(R / blocks * C), [&, x](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * R / blocks, r1 = (blk + 1) * R / blocks;
-      double* mean = &block_mean[blk * C];
-      double* m2 = &block_m2[blk * C];
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = 0; c < C; ++c) mean[c] += static_cast<double>(x[r * C + c]);
+      double* __restrict__ mean = &block_mean[blk * C];
+      double* __restrict__ m2 = &block_m2[blk * C];
+      const auto at = [&](int64_t r, int64_t c) { return static_cast<double>(x[r * C + c]); };
+      int64_t r = r0;
+      for (; r + 4 <= r1; r += 4)
+        for (int64_t c = 0; c < C; ++c) mean[c] += (at(r, c) + at(r + 1, c)) + (at(r + 2, c) + at(r + 3, c));
+      for (; r < r1; ++r)
+        for (int64_t c = 0; c < C; ++c) mean[c] += at(r, c);
       for (int64_t c = 0; c < C; ++c) mean[c] /= double(r1 - r0);
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = 0; c < C; ++c) {
-          const double d = static_cast<double>(x[r * C + c]) - mean[c];
-          m2[c] += d * d;
-        }
+      const auto square = [&](int64_t r, int64_t c) {
+        const double d = at(r, c) - mean[c];
+        return d * d;
+      };
+      for (r = r0; r + 4 <= r1; r += 4)
+        for (int64_t c = 0; c < C; ++c) m2[c] += (square(r, c) + square(r + 1, c)) + (square(r + 2, c) + square(r + 3, c));
+      for (; r < r1; ++r)
+        for (int64_t c = 0; c < C; ++c) m2[c] += square(r, c);
     }
   });
-  for (int64_t c = 0; c < C; ++c) {
-    double n = 0, mean = 0, m2 = 0;
-    for (int64_t blk = 0; blk < blocks; ++blk)
-      welford_merge<double>(n, mean, m2, double((blk + 1) * R / blocks - blk * R / blocks), block_mean[blk * C + c],
-                            block_m2[blk * C + c]);
-    mean_out[c] = mean, m2_out[c] = m2;
+  std::fill(mean_out, mean_out + C, 0.0);
+  std::fill(m2_out, m2_out + C, 0.0);
+  double n = 0;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const double n_b = double((blk + 1) * R / blocks - blk * R / blocks), frac = n_b / (n + n_b);
+    const double* __restrict__ mean_b = &block_mean[blk * C];
+    const double* __restrict__ m2_b = &block_m2[blk * C];
+    for (int64_t c = 0; c < C; ++c) {
+      const double delta = mean_b[c] - mean_out[c];
+      mean_out[c] += delta * frac;
+      m2_out[c] += m2_b[c] + delta * delta * n * frac;
+    }
+    n += n_b;
   }
 }
 
