@@ -69,8 +69,18 @@ void grad_input_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict_
                      const opmath_t* __restrict__ invstd, const opmath_t* __restrict__ scale,
                      const opmath_t* __restrict__ bias, const opmath_t* __restrict__ mean_dz,
                      const opmath_t* __restrict__ mean_dzx, opmath_t slope, bool training) {
+  // fp16/bf16 16 channels at a time, as grad_input_run.
+  const auto f = [&](int64_t c, const auto& xv, const auto& dyv) {
+    using Vec = std::decay_t<decltype(xv)>;
+    const Vec centered = xv - Vec::loadu(mean + c), channel_scale = Vec::loadu(scale + c);
+    const Vec dz = activation_grad_vec<act>(dyv, at::vec::fmadd(centered, channel_scale, Vec::loadu(bias + c)),
+                                            Vec(slope));
+    if (!training) return dz * channel_scale;
+    return at::vec::fnmadd(centered * Vec::loadu(invstd + c), Vec::loadu(mean_dzx + c), dz - Vec::loadu(mean_dz + c)) *
+           channel_scale;
+  };
   for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = 0; c < C; ++c) {
+    for (int64_t c = widened_loop(out + r * C, C, f, x + r * C, dy + r * C); c < C; ++c) {
       const opmath_t xv = x[r * C + c];
       const opmath_t dz = pre_activation_grad<opmath_t>(dy[r * C + c], xv, mean[c], scale[c], bias[c], slope, act);
       out[r * C + c] = static_cast<scalar_t>(
@@ -83,7 +93,17 @@ template <typename scalar_t, typename opmath_t, int act, bool training>
 void grad_input_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, scalar_t* __restrict__ out,
                     int64_t len, opmath_t mean, opmath_t invstd, opmath_t scale, opmath_t bias, opmath_t slope,
                     opmath_t mean_dz, opmath_t mean_dzx) {
-  for (int64_t s = 0; s < len; ++s) {
+  // fp16/bf16: 16 at a time (norm_loops.h, widened_loop), the scalar loop's operations in
+  // its order (z and dx - mean_dz - xhat * mean_dzx each one fused multiply-add, as the
+  // compiler contracts them there).
+  const auto f = [&](int64_t, const auto& xv, const auto& dyv) {
+    using Vec = std::decay_t<decltype(xv)>;
+    const Vec centered = xv - Vec(mean);
+    const Vec dz = activation_grad_vec<act>(dyv, at::vec::fmadd(centered, Vec(scale), Vec(bias)), Vec(slope));
+    if constexpr (!training) return dz * Vec(scale);
+    return at::vec::fnmadd(centered * Vec(invstd), Vec(mean_dzx), dz - Vec(mean_dz)) * Vec(scale);
+  };
+  for (int64_t s = widened_loop(out, len, f, x, dy); s < len; ++s) {
     const opmath_t xv = x[s];
     const opmath_t dz = pre_activation_grad<opmath_t>(dy[s], xv, mean, scale, bias, slope, act);
     out[s] = static_cast<scalar_t>(grad_input(dz, (xv - mean) * invstd, scale, mean_dz, mean_dzx, training));
@@ -146,14 +166,14 @@ void forward_rows(const Layout& L, const std::vector<double>& w, const std::vect
           for (int64_t j = 0; j < c1 - c0; ++j)
             lanes[j] = LaneSum<opmath_t>(), shift[j] = static_cast<opmath_t>(x[(c0 + j) * S]);
           for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
-            for_chunks(x + run, S, [&](const opmath_t* p, int64_t n) { add_deviations<1>(p, n, shift[j], lanes[j]); });
+            add_deviations<1>(x + run, S, shift[j], lanes[j]);
           });
           for (int64_t j = 0; j < c1 - c0; ++j) {
             count[j] = double(N * S), channel_mean[j] = double(shift[j]) + lanes[j].result() / count[j];
             lanes[j] = LaneSum<opmath_t>(), shift[j] = opmath_t(channel_mean[j]);
           }
           for_group_runs(N, C, S, c0, c1, [&](int64_t j, int64_t run) {
-            for_chunks(x + run, S, [&](const opmath_t* p, int64_t n) { add_deviations<2>(p, n, shift[j], lanes[j]); });
+            add_deviations<2>(x + run, S, shift[j], lanes[j]);
           });
           for (int64_t j = 0; j < c1 - c0; ++j) channel_m2[j] = lanes[j].result();
         } else {

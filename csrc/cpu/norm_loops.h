@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -147,23 +148,80 @@ void add_grad_terms(const opmath_t* x, const opmath_t* dy, int64_t len, opmath_t
 // Adds the len values at p as deviations from center, x - center (POWER 1) or
 // (x - center)^2 (POWER 2), to a lane sum: a channel's statistics over many runs too short
 // for chunk_stats, in two passes (the sum of deviations from a value of the channel, then the
-// squared deviations from the mean), with no reduction per run.
-template <int POWER, typename opmath_t>
-void add_deviations(const opmath_t* p, int64_t len, opmath_t center, LaneSum<opmath_t>& sum) {
+// squared deviations from the mean), with no reduction per run. fp16/bf16 values are
+// widened in registers, 16 at a time (no buffer to convert into and read back: at 16
+// values a run, that round trip cost as much as the sums).
+template <int POWER, typename scalar_t, typename opmath_t>
+void add_deviations(const scalar_t* p, int64_t len, opmath_t center, LaneSum<opmath_t>& sum) {
   using Vec = at::vec::Vectorized<opmath_t>;
-  constexpr int64_t W = Vec::size();
   const Vec vcenter(center);
   Vec acc = sum.acc;  // in a register across the run, not through the LaneSum's memory
-  int64_t i = 0;
-  for (; i + W <= len; i += W) {
-    const Vec d = Vec::loadu(p + i) - vcenter;
+  const auto add = [&](const Vec& v) {
+    const Vec d = v - vcenter;
     acc = POWER == 1 ? acc + d : at::vec::fmadd(d, d, acc);
+  };
+  int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    for (; i + Vec::size() <= len; i += Vec::size()) add(Vec::loadu(p + i));
+  } else {
+    using Narrow = at::vec::Vectorized<scalar_t>;  // 2 x Vec::size() values
+    for (; i + Narrow::size() <= len; i += Narrow::size()) {
+      const auto [low, high] = at::vec::convert_to_float<scalar_t>(Narrow::loadu(p + i));
+      add(low), add(high);
+    }
   }
   sum.acc = acc;
   opmath_t tail = 0;
-  for (; i < len; ++i) tail += POWER == 1 ? p[i] - center : (p[i] - center) * (p[i] - center);
+  for (; i < len; ++i) {
+    const opmath_t d = static_cast<opmath_t>(p[i]) - center;
+    tail += POWER == 1 ? d : d * d;
+  }
   sum.tail += tail;
   sum.counted(len);
+}
+
+// fp16/bf16 values are widened to fp32 and narrowed back 16 at a time with at::vec's
+// conversions: the scalar fp16 conversions (F16C instructions, one value each) kept the
+// compiler from vectorizing the loops around them, and an fp16 BatchNorm ran at 0.28x of
+// stock's speed forward and 0.19x forward+backward (64x128x16x16, 2026-12-01). For each 16
+// positions i of the inputs, out gets f(i, the inputs' fp32 vectors at i) for each half,
+// narrowed; returns how many values were done (0 for fp32 and fp64, whose plain loops the
+// compiler vectorizes), and the caller's scalar loop does the rest.
+template <typename scalar_t, typename F, typename... In>
+int64_t widened_loop(scalar_t* __restrict__ out, int64_t len, F&& f, const In* __restrict__... in) {
+  if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+    return 0;
+  } else {
+    using Narrow = at::vec::Vectorized<scalar_t>;
+    constexpr int64_t W = at::vec::Vectorized<float>::size();
+    int64_t i = 0;
+    for (; i + Narrow::size() <= len; i += Narrow::size()) {
+      const auto halves = std::make_tuple(at::vec::convert_to_float<scalar_t>(Narrow::loadu(in + i))...);
+      const auto low = std::apply([&](const auto&... h) { return f(i, std::get<0>(h)...); }, halves);
+      const auto high = std::apply([&](const auto&... h) { return f(i + W, std::get<1>(h)...); }, halves);
+      at::vec::convert_from_float<scalar_t>(low, high).store(out + i);
+    }
+    return i;
+  }
+}
+
+// kernel_math.h's activation() on a vector, with the same selects: ReLU z < 0 ? 0 : z
+// (NaN kept), LeakyReLU z > 0 ? z : z * slope.
+template <int act, typename Vec>
+Vec activation_vec(const Vec& z, const Vec& slope) {
+  const Vec zero(0);
+  if constexpr (act == kRelu) return Vec::blendv(z, zero, z < zero);
+  else if constexpr (act == kLeakyRelu) return Vec::blendv(z * slope, z, z > zero);
+  else return z;
+}
+
+// kernel_math.h's activation_grad() on a vector: dy where z > 0 (always for identity), else
+// 0 (ReLU) or dy * slope.
+template <int act, typename Vec>
+Vec activation_grad_vec(const Vec& dy, const Vec& z, const Vec& slope) {
+  if constexpr (act == kIdentity) return dy;
+  const Vec negative = act == kRelu ? Vec(0) : dy * slope;
+  return Vec::blendv(negative, dy, z > Vec(0));
 }
 
 // p's len values as opmath_t: p itself, or converted into buf (len <= kChunk).
@@ -172,7 +230,14 @@ const opmath_t* as_opmath(const scalar_t* p, int64_t len, opmath_t* buf) {
   if constexpr (std::is_same_v<scalar_t, opmath_t>) {
     return p;
   } else {
-    for (int64_t k = 0; k < len; ++k) buf[k] = static_cast<opmath_t>(p[k]);
+    using Narrow = at::vec::Vectorized<scalar_t>;
+    constexpr int64_t W = at::vec::Vectorized<opmath_t>::size();
+    int64_t k = 0;
+    for (; k + Narrow::size() <= len; k += Narrow::size()) {  // widened in registers, as widened_loop
+      const auto [low, high] = at::vec::convert_to_float<scalar_t>(Narrow::loadu(p + k));
+      low.store(buf + k), high.store(buf + k + W);
+    }
+    for (; k < len; ++k) buf[k] = static_cast<opmath_t>(p[k]);
     return buf;
   }
 }
@@ -240,6 +305,16 @@ void grad_sums_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict__
                     int64_t C, const opmath_t* __restrict__ mean, const opmath_t* __restrict__ scale,
                     const opmath_t* __restrict__ bias, opmath_t slope, opmath_t* __restrict__ acc_dz,
                     opmath_t* __restrict__ acc_dzx) {
+  if constexpr (!std::is_same_v<scalar_t, opmath_t>) {
+    // fp16/bf16: each row widened first (as_opmath, 16 at a time), then the loop below on
+    // fp32 rows, which the compiler vectorizes (widened_loop says why).
+    std::vector<opmath_t> rows(2 * C);
+    for (int64_t r = r0; r < r1; ++r)
+      grad_sums_rows<opmath_t, opmath_t, act>(as_opmath(x + r * C, C, rows.data()),
+                                              as_opmath(dy + r * C, C, rows.data() + C), 0, 1, C, mean, scale, bias,
+                                              slope, acc_dz, acc_dzx);
+    return;
+  }
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t c = 0; c < C; ++c) {
       const opmath_t xv = x[r * C + c];
@@ -249,20 +324,35 @@ void grad_sums_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict__
     }
 }
 
+// y = act(z) over rows r0..r1 of C channels, per-channel mean, scale and bias. The vector
+// form of z is pre_activation's (x - mean) * scale + bias as the compiler contracts it, one
+// fused multiply-add: the backward's recomputation gets the same z, bit for bit.
 template <typename scalar_t, typename opmath_t, int act>
 void apply_rows(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t r0, int64_t r1, int64_t C,
                 const opmath_t* __restrict__ mean, const opmath_t* __restrict__ scale,
                 const opmath_t* __restrict__ bias, opmath_t slope) {
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = 0; c < C; ++c)
+  for (int64_t r = r0; r < r1; ++r) {
+    const auto f = [&](int64_t at, const auto& v) {
+      using Vec = std::decay_t<decltype(v)>;
+      const Vec z = at::vec::fmadd(v - Vec::loadu(mean + at), Vec::loadu(scale + at), Vec::loadu(bias + at));
+      return activation_vec<act>(z, Vec(slope));
+    };
+    int64_t c = widened_loop(y + r * C, C, f, x + r * C);
+    for (; c < C; ++c)
       y[r * C + c] =
           static_cast<scalar_t>(activation(pre_activation<opmath_t>(x[r * C + c], mean[c], scale[c], bias[c]), slope, act));
+  }
 }
 
 template <typename scalar_t, typename opmath_t, int act>
 void apply_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t len, opmath_t mean, opmath_t scale,
                opmath_t bias, opmath_t slope) {
-  for (int64_t s = 0; s < len; ++s)
+  const auto f = [&](int64_t, const auto& v) {
+    using Vec = std::decay_t<decltype(v)>;
+    return activation_vec<act>(at::vec::fmadd(v - Vec(mean), Vec(scale), Vec(bias)), Vec(slope));
+  };
+  int64_t s = widened_loop(y, len, f, x);
+  for (; s < len; ++s)
     y[s] = static_cast<scalar_t>(activation(pre_activation<opmath_t>(x[s], mean, scale, bias), slope, act));
 }
 
@@ -280,25 +370,40 @@ void channel_stats_rows(const scalar_t* x, int64_t R, int64_t C, double* mean_ou
   const int64_t blocks = std::max<int64_t>(1, std::min(kRowBlocks, R / kMinBlockRows));
   std::vector<double> block_mean(blocks * C), block_m2(blocks * C);
   at::parallel_for(0, blocks, grain(R / blocks * C), [&, x](int64_t b0, int64_t b1) {
+    using opmath_t = at::opmath_type<scalar_t>;
+    std::vector<opmath_t> widened(std::is_same_v<scalar_t, opmath_t> ? 0 : 4 * C);  // fp16/bf16: 4 rows in fp32
+    const opmath_t* rows[4];
+    // Rows r..r+n-1 as opmath_t values: rows[i] is row r + i.
+    const auto load_rows = [&](int64_t r, int64_t n) {
+      for (int64_t i = 0; i < n; ++i) rows[i] = as_opmath(x + (r + i) * C, C, widened.data() + i * C);
+    };
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * R / blocks, r1 = (blk + 1) * R / blocks;
       double* __restrict__ mean = &block_mean[blk * C];
       double* __restrict__ m2 = &block_m2[blk * C];
-      const auto at = [&](int64_t r, int64_t c) { return static_cast<double>(x[r * C + c]); };
+      const auto at = [&](int64_t i, int64_t c) { return static_cast<double>(rows[i][c]); };
       int64_t r = r0;
-      for (; r + 4 <= r1; r += 4)
-        for (int64_t c = 0; c < C; ++c) mean[c] += (at(r, c) + at(r + 1, c)) + (at(r + 2, c) + at(r + 3, c));
-      for (; r < r1; ++r)
-        for (int64_t c = 0; c < C; ++c) mean[c] += at(r, c);
+      for (; r + 4 <= r1; r += 4) {
+        load_rows(r, 4);
+        for (int64_t c = 0; c < C; ++c) mean[c] += (at(0, c) + at(1, c)) + (at(2, c) + at(3, c));
+      }
+      for (; r < r1; ++r) {
+        load_rows(r, 1);
+        for (int64_t c = 0; c < C; ++c) mean[c] += at(0, c);
+      }
       for (int64_t c = 0; c < C; ++c) mean[c] /= double(r1 - r0);
-      const auto square = [&](int64_t r, int64_t c) {
-        const double d = at(r, c) - mean[c];
+      const auto square = [&](int64_t i, int64_t c) {
+        const double d = at(i, c) - mean[c];
         return d * d;
       };
-      for (r = r0; r + 4 <= r1; r += 4)
-        for (int64_t c = 0; c < C; ++c) m2[c] += (square(r, c) + square(r + 1, c)) + (square(r + 2, c) + square(r + 3, c));
-      for (; r < r1; ++r)
-        for (int64_t c = 0; c < C; ++c) m2[c] += square(r, c);
+      for (r = r0; r + 4 <= r1; r += 4) {
+        load_rows(r, 4);
+        for (int64_t c = 0; c < C; ++c) m2[c] += (square(0, c) + square(1, c)) + (square(2, c) + square(3, c));
+      }
+      for (; r < r1; ++r) {
+        load_rows(r, 1);
+        for (int64_t c = 0; c < C; ++c) m2[c] += square(0, c);
+      }
     }
   });
   std::fill(mean_out, mean_out + C, 0.0);
