@@ -371,7 +371,12 @@ def _fast_conv2d_leaky_relu(python_path):
         return python_path
     function = _extension._C.make_conv2d_leaky_relu(python_path, entry_ops, _EAGER_BLOCKERS, torch.nn.Parameter,
                                                     __name__)
-    torch.compiler.substitute_in_graph(function)(python_path)
+    try:
+        torch.compiler.substitute_in_graph(function)(python_path)
+    except (AttributeError, TypeError, ValueError):
+        # A torch that cannot substitute a C function under torch.compile: the Python path
+        # for every call (slower per call, never wrong, and traceable).
+        return python_path
     return function
 
 

@@ -352,3 +352,24 @@ def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
         assert calls.pop() == ((x, w, b), {}), name
     with torch.no_grad():  # no mode: the C++ op, recording no graph
         assert entry(x, w, b).grad_fn is None and not calls
+
+
+@needs_extension
+def test_functional_conv_is_the_python_path_where_torch_compile_cannot_substitute_it(monkeypatch):
+    """Where torch.compiler.substitute_in_graph is missing or refuses, conv2d_leaky_relu is the
+    Python function itself (which torch.compile traces), not a C function it cannot."""
+    from fusedgan import functional as fn
+
+    def refuse(original, **kwargs):
+        raise AttributeError("substitute_in_graph is not available")
+
+    def python_path(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, negative_slope=0.01, *,
+                    backend="auto"):
+        return fn._conv2d_leaky_relu_python(input, weight, bias, stride, padding, dilation, groups, negative_slope,
+                                            backend=backend)
+
+    monkeypatch.setattr(torch.compiler, "substitute_in_graph", refuse)
+    assert fn._fast_conv2d_leaky_relu(python_path) is python_path
+    monkeypatch.undo()
+    entry = fn._fast_conv2d_leaky_relu(python_path)
+    assert entry is not python_path and inspect.signature(entry) == inspect.signature(python_path)
