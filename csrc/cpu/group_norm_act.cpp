@@ -148,7 +148,14 @@ void grad_input_values(const scalar_t* __restrict__ x, const scalar_t* __restric
   const opmath_t mean = opmath_t(st.mean), rstd = opmath_t(st.rstd), scale = opmath_t(w * st.rstd);
   const opmath_t weight = opmath_t(w), bias = opmath_t(b);
   const opmath_t k1 = opmath_t(st.mean_wdz), k2 = opmath_t(st.mean_wdz_xhat);
-  for (int64_t s = 0; s < len; ++s) {
+  // fp16/bf16 16 at a time (norm_loops.h, widened_loop); z as forward computes it.
+  const auto f = [&](int64_t, const auto& xv, const auto& dyv) {
+    using Vec = std::decay_t<decltype(xv)>;
+    const Vec centered = xv - Vec(mean);
+    const Vec dz = activation_grad_vec<act>(dyv, at::vec::fmadd(centered, Vec(scale), Vec(bias)), Vec(slope));
+    return group_grad_input_vec(dz, centered * Vec(rstd), Vec(weight), Vec(rstd), Vec(k1), Vec(k2));
+  };
+  for (int64_t s = widened_loop(out, len, f, x, dy); s < len; ++s) {
     const opmath_t xv = x[s];
     const opmath_t dz = pre_activation_grad<opmath_t>(dy[s], xv, mean, scale, bias, slope, act);
     out[s] = static_cast<scalar_t>(group_grad_input(dz, (xv - mean) * rstd, weight, rstd, k1, k2));
@@ -199,8 +206,15 @@ void grad_input_group_rows(const scalar_t* __restrict__ x, const scalar_t* __res
                            const opmath_t* __restrict__ scale, const opmath_t* __restrict__ weight,
                            const opmath_t* __restrict__ bias, const opmath_t* __restrict__ k1,
                            const opmath_t* __restrict__ k2, opmath_t slope) {
+  const auto f = [&](int64_t c, const auto& xv, const auto& dyv) {  // fp16/bf16, as grad_input_values
+    using Vec = std::decay_t<decltype(xv)>;
+    const Vec centered = xv - Vec::loadu(mean + c), channel_rstd = Vec::loadu(rstd + c);
+    const Vec z = at::vec::fmadd(centered, Vec::loadu(scale + c), Vec::loadu(bias + c));
+    return group_grad_input_vec(activation_grad_vec<act>(dyv, z, Vec(slope)), centered * channel_rstd,
+                                Vec::loadu(weight + c), channel_rstd, Vec::loadu(k1 + c), Vec::loadu(k2 + c));
+  };
   for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = 0; c < C; ++c) {
+    for (int64_t c = widened_loop(out + r * C, C, f, x + r * C, dy + r * C); c < C; ++c) {
       const opmath_t xv = x[r * C + c];
       const opmath_t dz = pre_activation_grad<opmath_t>(dy[r * C + c], xv, mean[c], scale[c], bias[c], slope, act);
       out[r * C + c] = static_cast<scalar_t>(group_grad_input(dz, (xv - mean[c]) * rstd[c], weight[c], rstd[c],

@@ -215,6 +215,14 @@ Vec activation_vec(const Vec& z, const Vec& slope) {
   else return z;
 }
 
+// kernel_math.h's group_grad_input() on a vector: (weight * dz - mean_wdz - xhat *
+// mean_wdz_xhat) * rstd, its two products fused with their subtractions.
+template <typename Vec>
+Vec group_grad_input_vec(const Vec& dz, const Vec& xhat, const Vec& weight, const Vec& rstd, const Vec& mean_wdz,
+                         const Vec& mean_wdz_xhat) {
+  return at::vec::fnmadd(xhat, mean_wdz_xhat, at::vec::fmsub(weight, dz, mean_wdz)) * rstd;
+}
+
 // kernel_math.h's activation_grad() on a vector: dy where z > 0 (always for identity), else
 // 0 (ReLU) or dy * slope.
 template <int act, typename Vec>
