@@ -65,7 +65,7 @@ struct LaneSum {
 // statistics. The shift keeps the chunk means, and so the merge's differences between them,
 // at the scale of the spread: a chunk mean at the scale of a large channel mean (1e4 with a
 // spread of 1) carries a rounding error of 1e-3 of the spread, which the merges turned into
-// 1e-5 to 3e-5 of the variance. Each pass keeps four independent vector sums (combined in a
+// 1e-5 to 4e-5 of the variance. Each pass keeps four independent vector sums (combined in a
 // fixed order): one sum would wait on the previous add's latency every 8 values, which made
 // this loop latency-bound.
 template <typename opmath_t>
