@@ -27,7 +27,7 @@ namespace fusedgan {
 namespace {
 
 // The function's state, its `self`: a tuple of these.
-enum State { kFallback, kEntryOps, kBlockers, kParameterType, kFamily, kAuto, kCpu, kCuda };
+enum State { kFallback, kEagerEntry, kBlockers, kParameterType, kFamily, kAuto, kCpu, kCuda };
 
 // Argument order of conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0,
 // dilation=1, groups=1, negative_slope=0.01, *, backend="auto").
@@ -109,11 +109,14 @@ PyObject* try_fast_path(PyObject* state, const std::array<PyObject*, kArgs>& arg
     PyErr_Clear();
     return nullptr;
   }
-  // entry_ops(backend, "conv_act", device type): the cached answer to whether `backend`
-  // resolves to a C++ backend on this device, the one this function calls.
+  // eager_entry(backend, "conv_act", device type): the cached pair (dispatcher op, plain
+  // function) when `backend` resolves to a C++ backend on this device, the one this function
+  // calls; the stock composition twice for "torch" (called from its Python path: calling it
+  // from here measured no faster), else None.
   PyObject* lookup[] = {backend, PyTuple_GET_ITEM(state, kFamily), PyTuple_GET_ITEM(state, input.is_cpu() ? kCpu : kCuda)};
-  PyObject* ops = PyObject_Vectorcall(PyTuple_GET_ITEM(state, kEntryOps), lookup, 3, nullptr);
-  const bool cpp_backend = ops != nullptr && ops != Py_None;
+  PyObject* ops = PyObject_Vectorcall(PyTuple_GET_ITEM(state, kEagerEntry), lookup, 3, nullptr);
+  const bool cpp_backend = ops != nullptr && PyTuple_Check(ops) && PyTuple_GET_SIZE(ops) == 2 &&
+                           PyTuple_GET_ITEM(ops, 0) != PyTuple_GET_ITEM(ops, 1);
   Py_XDECREF(ops);
   if (!cpp_backend) {
     PyErr_Clear();
@@ -166,12 +169,13 @@ int add_python_entries(PyObject* module) {
     auto m = pybind11::reinterpret_borrow<pybind11::module_>(module);
     m.def("batch_norm_act", &batch_norm_act, "fusedgan::batch_norm_act without the dispatcher");
     m.def("conv2d_leaky_relu", &conv2d_leaky_relu, "fusedgan::conv2d_leaky_relu without the dispatcher");
-    // make_conv2d_leaky_relu(fallback, entry_ops, blockers, parameter_type, module_name): the
+    // make_conv2d_leaky_relu(fallback, eager_entry, blockers, parameter_type, module_name): the
     // functional as a C function (above) over the Python path `fallback`.
-    m.def("make_conv2d_leaky_relu", [](pybind11::object fallback, pybind11::object entry_ops, pybind11::tuple blockers,
-                                       pybind11::object parameter_type, pybind11::str module_name) {
+    m.def("make_conv2d_leaky_relu", [](pybind11::object fallback, pybind11::object eager_entry,
+                                       pybind11::tuple blockers, pybind11::object parameter_type,
+                                       pybind11::str module_name) {
       pybind11::tuple state =
-          pybind11::make_tuple(fallback, entry_ops, blockers, parameter_type, "conv_act", "auto", "cpu", "cuda");
+          pybind11::make_tuple(fallback, eager_entry, blockers, parameter_type, "conv_act", "auto", "cpu", "cuda");
       PyObject* function = PyCFunction_NewEx(&conv2d_leaky_relu_def, state.ptr(), module_name.ptr());
       if (function == nullptr) throw pybind11::error_already_set();
       return pybind11::reinterpret_steal<pybind11::object>(function);

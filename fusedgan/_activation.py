@@ -2,6 +2,7 @@
 
 IDENTITY, RELU, LEAKY_RELU = 0, 1, 2
 ACTIVATIONS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU}
+NAMES = {code: name for name, code in ACTIVATIONS.items()}
 
 
 def activation_code(activation):

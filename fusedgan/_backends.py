@@ -107,11 +107,18 @@ def resolve_eager(backend, device_type, family):
 
 
 @functools.cache
-def entry_ops(backend, family, device_type):
-    """(dispatcher op, plain _C function) of op `family`'s C++ entry (fusedgan._extension)
-    when `backend` resolves to a C++ backend on `device_type`, else None; resolve_eager's
-    errors otherwise. One cached lookup for the eager fast path."""
+def eager_entry(backend, family, device_type):
+    """The pair (for calls the dispatcher must see, for plain calls) that an eager call of op
+    `family` on `device_type` tensors goes through, in the C++ entry op's arguments: for a
+    C++ backend, its entry op and the same function bound in _C (fusedgan._extension.
+    ENTRY_OPS); for "torch", the stock composition twice (fusedgan.functional.
+    STOCK_ENTRIES); else None. resolve_eager's errors. One cached lookup for the eager
+    fast paths."""
     name = resolve_eager(check_backend_name(backend), device_type, family)
+    if name == "torch":
+        from fusedgan.functional import STOCK_ENTRIES  # imported here: functional imports this module
+
+        return STOCK_ENTRIES[family], STOCK_ENTRIES[family]
     extension = _extension()
     return extension.ENTRY_OPS[family] if name in extension.ENTRY_BACKENDS else None
 
@@ -120,7 +127,7 @@ def clear_resolution_cache():
     """Forget every resolved backend: FUSEDGAN_BACKEND and the backends' availability are
     read again (tests that change them)."""
     resolve_eager.cache_clear()
-    entry_ops.cache_clear()
+    eager_entry.cache_clear()
 
 
 @torch.compiler.assume_constant_result  # under torch.compile: run once while tracing, its name baked in

@@ -6,8 +6,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from fusedgan._activation import IDENTITY, LEAKY_RELU, RELU, activation_code
-from fusedgan._backends import check_backend_name, entry_ops, resolve_backend
+from fusedgan._activation import IDENTITY, LEAKY_RELU, NAMES, RELU, activation_code
+from fusedgan._backends import check_backend_name, eager_entry, resolve_backend
 from fusedgan.autograd import (
     BatchNormActFunction,
     Conv2dLeakyReLUFunction,
@@ -98,27 +98,26 @@ _any_autocast = torch._C._is_any_autocast_enabled
 _EAGER_BLOCKERS = (_function_mode_on, _dispatch_modes, _functorch_on, _any_autocast)
 
 
-def _device_type(tensor):
-    # tensor.device builds a torch.device (0.5 us): the two common types are read as flags.
-    return "cpu" if tensor.is_cpu else "cuda" if tensor.is_cuda else tensor.device.type
-
-
 def _entry_op(input, backend, family, *tensors):
-    """The C++ entry op (fusedgan._extension.ENTRY_OPS) an eager call on `input` goes through, or None
-    for the Python path: a non-empty input whose backend is a C++ one, outside torch.compile
-    (which traces the Python path). The op is the plain _C function when every tensor
-    argument is a plain tensor (or Parameter) and no torch function or dispatch mode or
-    functorch transform is active, so nothing needs the dispatcher to see the call; else
-    the dispatcher op."""
+    """The entry (fusedgan._backends.eager_entry) an eager call on `input` goes through, or None
+    for the Python path, outside torch.compile (which traces the Python path): for the
+    "torch" backend, its stock composition; for a C++ one, and a non-empty input, the plain
+    _C function when every tensor argument is a plain tensor (or Parameter) and no torch
+    function or dispatch mode or functorch transform is active, so nothing needs the
+    dispatcher to see the call; else the dispatcher op."""
     if _is_compiling():
         return None
-    device_type = _device_type(input)
     try:
-        ops = entry_ops(backend, family, device_type)
+        # tensor.device builds a torch.device (0.5 us): the two common types are read as flags.
+        ops = eager_entry(backend, family, "cpu" if input.is_cpu else "cuda" if input.is_cuda else input.device.type)
     except TypeError:  # an unhashable backend: the error that names the argument
         check_backend_name(backend)
         raise
-    if ops is None or input.numel() == 0:
+    if ops is None:
+        return None
+    if ops[0] is ops[1]:  # "torch": stock's ops, which meet modes, subclasses and empty batches themselves
+        return ops[1]
+    if not input.numel():
         return None
     if type(input) not in _PLAIN_TYPES or _function_mode_on() or _dispatch_modes() or _functorch_on():
         return ops[0]
@@ -191,6 +190,14 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
         # The C++ entry op checks every argument as below, with the same messages.
         return entry(input, weight, bias, running_mean, running_var, None, bool(training), momentum, eps,
                      activation_code(activation), negative_slope)
+    return _checked_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps, activation,
+                                   negative_slope, backend, sync, process_group, inplace)
+
+
+def _checked_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps, activation,
+                            negative_slope, backend, sync, process_group, inplace):
+    """batch_norm_act's Python path: every check in Python, then the backend's autograd Function
+    (or, for "torch", the stock composition)."""
     act = _check_norm_arguments(input, running_mean, running_var, weight, bias, momentum, eps, activation,
                                 negative_slope, backend, None if training else "training=False")
     if process_group is not None and not sync:
@@ -318,6 +325,11 @@ def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1,
         # The C++ entry op checks every argument as below, with the same messages.
         return entry(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
                      _pair(dilation, "dilation"), groups, negative_slope)
+    return _checked_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups, negative_slope, backend)
+
+
+def _checked_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups, negative_slope, backend):
+    """conv2d_leaky_relu's Python path: every check in Python, then the autograd Function."""
     _check_input(input)
     if isinstance(weight, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
         # As torch's conv2d under autocast: run in the autocast dtype (casts are differentiable).
@@ -360,6 +372,61 @@ def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1,
                                          name)
 
 
+# The "torch" backend's eager calls (_entry_op): stock's own ops, so stock's autograd (second
+# order included), running statistics and bits, at about stock's cost per call. The Python
+# path's checks cost microseconds against a small layer's ~20, so here they run only where
+# a call fails in stock's ops (the Python path then raises the error every backend gives)
+# or would pass where the fused layer does not (stock takes any eps, slope and momentum,
+# unbatched convolution inputs and meta weights). Stock's C functions are called directly,
+# without F's Python wrappers.
+_INF = math.inf
+_cudnn_enabled = torch._C._get_cudnn_enabled  # what F.batch_norm passes
+_leaky_relu = torch._C._nn.leaky_relu
+
+
+def _stock_batch_norm_act(input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum,
+                          eps, act, negative_slope):
+    """The "torch" backend's entry, in the C++ entry op's arguments (csrc/autograd/batch_norm_act.cpp)."""
+    if num_batches_tracked is not None:  # a module's training call, counted as stock counts it
+        num_batches_tracked.add_(1)
+        if momentum is None:
+            momentum = 1.0 / float(num_batches_tracked)
+    z = None
+    try:
+        # F.batch_norm's own check of the batch size is repeated: this calls its C function.
+        if 0.0 <= eps < _INF and -_INF < negative_slope < _INF and -_INF < momentum < _INF and input.dim() >= 2 \
+                and not (training and input.numel() == input.shape[1]) \
+                and (input.is_contiguous() or _stock_composition_fits(input, weight, bias, running_mean, running_var)):
+            z = torch.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                                 _cudnn_enabled())
+    except Exception:  # stock's error, or a momentum that is not a number: the Python path names it
+        pass
+    if z is None:
+        return _checked_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                                       NAMES[act], negative_slope, "torch", False, None, False)
+    return torch.relu(z) if act == RELU else _leaky_relu(z, negative_slope) if act == LEAKY_RELU else z
+
+
+def _stock_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups, negative_slope):
+    """The "torch" backend's entry, in the C++ entry op's arguments (csrc/autograd/conv_leaky_relu.cpp)."""
+    z = None
+    # (Stock convolves a cpu input with meta weights, into a cpu output.)
+    meta = input.is_meta
+    if input.dim() == 4 and 0.0 <= negative_slope < _INF and weight.is_meta is meta and \
+            (bias is None or bias.is_meta is meta):
+        try:
+            z = torch.conv2d(input, weight, bias, stride, padding, dilation, groups)
+        except Exception:  # stock's error: the Python path names it
+            pass
+    if z is None:
+        return _checked_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups, negative_slope,
+                                          "torch")
+    return _leaky_relu(z, negative_slope)
+
+
+STOCK_ENTRIES = {"bn_act": _stock_batch_norm_act, "conv_act": _stock_conv2d_leaky_relu}
+
+
 def _fast_conv2d_leaky_relu(python_path):
     """conv2d_leaky_relu: with _C loaded, a C function (csrc/python_entries.cpp) that calls
     the fused op itself for a plain eager call on a C++ backend, as stock's F.conv2d is one C
@@ -369,7 +436,7 @@ def _fast_conv2d_leaky_relu(python_path):
 
     if _extension.ENTRY_OPS is None:
         return python_path
-    function = _extension._C.make_conv2d_leaky_relu(python_path, entry_ops, _EAGER_BLOCKERS, torch.nn.Parameter,
+    function = _extension._C.make_conv2d_leaky_relu(python_path, eager_entry, _EAGER_BLOCKERS, torch.nn.Parameter,
                                                     __name__)
     try:
         torch.compiler.substitute_in_graph(function)(python_path)

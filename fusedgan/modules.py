@@ -3,11 +3,19 @@
 import warnings
 
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from fusedgan._activation import activation_code
 from fusedgan._backends import check_backend_name
-from fusedgan.functional import _entry_op, batch_norm_act, conv2d_leaky_relu, group_norm_act, instance_norm_act
+from fusedgan.functional import (
+    _NUMBER,
+    _any_autocast,
+    _entry_op,
+    batch_norm_act,
+    conv2d_leaky_relu,
+    group_norm_act,
+    instance_norm_act,
+)
 
 __all__ = ["FusedBatchNorm", "FusedBNReLU", "FusedBNLeakyReLU", "FusedConvLeakyReLU", "FusedGroupNormReLU",
            "FusedGroupNormLeakyReLU", "FusedInstanceNormReLU", "FusedInstanceNormLeakyReLU"]
@@ -81,7 +89,8 @@ class _FusedBatchNormAct(nn.modules.batchnorm._BatchNorm):
         mean, var = (buffers["running_mean"], buffers["running_var"]) if keep else (None, None)
         if not (self.sync or self.inplace) and (entry := _entry_op(input, self.backend, "bn_act", weight, bias, mean,
                                                                   var)):
-            # One C++ call, which also counts the batch and updates the running statistics.
+            # One call (C++, or the "torch" backend's stock ops), which also counts the batch and
+            # updates the running statistics.
             return entry(input, weight, bias, mean, var, buffers["num_batches_tracked"] if counted else None,
                          self.training or buffers["running_mean"] is None,
                          self.momentum if counted else (self.momentum or 0.0), self.eps, self._act,
@@ -247,7 +256,14 @@ class FusedConvLeakyReLU(nn.Conv2d):
         self.backend = check_backend_name(backend)
 
     def forward(self, input):
-        padding = self.padding
+        params, padding = self._parameters, self.padding
+        weight, bias = params["weight"], params["bias"]
+        if (type(padding) is tuple and self.padding_mode == "zeros" and type(self.negative_slope) in _NUMBER
+                and isinstance(input, Tensor) and not _any_autocast()
+                and (entry := _entry_op(input, self.backend, "conv_act", weight, bias))):
+            # The functional's plain call, without its argument parsing: nn.Conv2d keeps stride,
+            # padding and dilation as pairs.
+            return entry(input, weight, bias, self.stride, padding, self.dilation, self.groups, self.negative_slope)
         if self.padding_mode != "zeros":  # as nn.Conv2d: pad explicitly, then convolve unpadded
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
@@ -257,7 +273,7 @@ class FusedConvLeakyReLU(nn.Conv2d):
                                                            self._reversed_padding_repeated_twice[1::2])):
                 input = F.pad(input, self._reversed_padding_repeated_twice)
                 padding = 0
-        return conv2d_leaky_relu(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
+        return conv2d_leaky_relu(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                                  self.negative_slope, backend=self.backend)
 
     def extra_repr(self):

@@ -277,7 +277,9 @@ def test_eager_calls_take_the_plain_entry_unless_the_dispatcher_must_see_them():
     assert fn._entry_op(x, "cpu", "bn_act", torch.ones(3).as_subclass(_Marked)) is dispatcher
     assert fn._entry_op(x.as_subclass(_Marked), "cpu", "bn_act") is dispatcher
     assert fn._entry_op(torch.empty(0, 3, 5, 5), "cpu", "bn_act") is None
-    assert fn._entry_op(x, "torch", "bn_act") is None
+    # The "torch" backend: stock's ops themselves, which meet subclasses and modes as stock's do.
+    assert fn._entry_op(x, "torch", "bn_act") is fn.STOCK_ENTRIES["bn_act"]
+    assert fn._entry_op(x.as_subclass(_Marked), "torch", "bn_act") is fn.STOCK_ENTRIES["bn_act"]
     with _SeenOps():
         assert fn._entry_op(x, "cpu", "bn_act") is dispatcher
 
@@ -303,7 +305,7 @@ def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
     bits; every other call reaches the Python path with exactly the arguments it was given
     (and so its checks and error messages)."""
     from fusedgan import functional as fn
-    from fusedgan._backends import entry_ops
+    from fusedgan._backends import eager_entry
 
     assert inspect.signature(fn.conv2d_leaky_relu) == inspect.signature(fn._conv2d_leaky_relu_python)
     calls = []
@@ -312,7 +314,7 @@ def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
         calls.append((args, kwargs))
         return fn._conv2d_leaky_relu_python(*args, **kwargs)
 
-    entry = _extension._C.make_conv2d_leaky_relu(python_path, entry_ops, fn._EAGER_BLOCKERS, torch.nn.Parameter,
+    entry = _extension._C.make_conv2d_leaky_relu(python_path, eager_entry, fn._EAGER_BLOCKERS, torch.nn.Parameter,
                                                  __name__)
     x = torch.randn(2, 3, 6, 5, requires_grad=True)
     w, b = torch.nn.Parameter(torch.randn(4, 3, 3, 3)), torch.randn(4, requires_grad=True)
@@ -334,7 +336,8 @@ def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
              "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
     # Another backend, subclasses, an empty batch, arguments of other types (a float stride,
     # a bool slope, a triple, an int beyond int64), unknown or missing arguments, too many.
-    python_only = [((x, w, b), dict(backend="torch")), ((x.as_subclass(_Marked), w), {}),
+    python_only = [((x, w, b), dict(backend="torch")), ((x, w, b), dict(backend="cuda-sim")),
+                   ((x.as_subclass(_Marked), w), {}),
                    ((x, w, b.as_subclass(_Marked)), {}), ((torch.empty(0, 3, 6, 5), w), {}), ((x, w, b, 1.0), {}),
                    ((x, w, b, 1, 1, 1, 1, True), {}), ((x, w, b, (1, 1, 1)), {}), ((x, w), dict(groups=2**70)),
                    ((x, w), dict(negative_slope=-1.0, nope=1)), ((x,), {}), ((x, w, b, 1, 1, 1, 1, 0.2, "cpu"), {}),
