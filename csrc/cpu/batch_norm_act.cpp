@@ -72,12 +72,9 @@ void grad_input_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict_
   // fp16/bf16 16 channels at a time, as grad_input_run.
   const auto f = [&](int64_t c, const auto& xv, const auto& dyv) {
     using Vec = std::decay_t<decltype(xv)>;
-    const Vec centered = xv - Vec::loadu(mean + c), channel_scale = Vec::loadu(scale + c);
-    const Vec dz = activation_grad_vec<act>(dyv, at::vec::fmadd(centered, channel_scale, Vec::loadu(bias + c)),
-                                            Vec(slope));
-    if (!training) return dz * channel_scale;
-    return at::vec::fnmadd(centered * Vec::loadu(invstd + c), Vec::loadu(mean_dzx + c), dz - Vec::loadu(mean_dz + c)) *
-           channel_scale;
+    return grad_input_vec<act>(xv, dyv, Vec::loadu(mean + c), Vec::loadu(invstd + c), Vec::loadu(scale + c),
+                               Vec::loadu(bias + c), Vec(slope), Vec::loadu(mean_dz + c), Vec::loadu(mean_dzx + c),
+                               training);
   };
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t c = widened_loop(out + r * C, C, f, x + r * C, dy + r * C); c < C; ++c) {
@@ -93,15 +90,11 @@ template <typename scalar_t, typename opmath_t, int act, bool training>
 void grad_input_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, scalar_t* __restrict__ out,
                     int64_t len, opmath_t mean, opmath_t invstd, opmath_t scale, opmath_t bias, opmath_t slope,
                     opmath_t mean_dz, opmath_t mean_dzx) {
-  // fp16/bf16: 16 at a time (norm_loops.h, widened_loop), the scalar loop's operations in
-  // its order (z and dx - mean_dz - xhat * mean_dzx each one fused multiply-add, as the
-  // compiler contracts them there).
+  // fp16/bf16: 16 at a time (norm_loops.h, widened_loop and grad_input_vec).
   const auto f = [&](int64_t, const auto& xv, const auto& dyv) {
     using Vec = std::decay_t<decltype(xv)>;
-    const Vec centered = xv - Vec(mean);
-    const Vec dz = activation_grad_vec<act>(dyv, at::vec::fmadd(centered, Vec(scale), Vec(bias)), Vec(slope));
-    if constexpr (!training) return dz * Vec(scale);
-    return at::vec::fnmadd(centered * Vec(invstd), Vec(mean_dzx), dz - Vec(mean_dz)) * Vec(scale);
+    return grad_input_vec<act>(xv, dyv, Vec(mean), Vec(invstd), Vec(scale), Vec(bias), Vec(slope), Vec(mean_dz),
+                               Vec(mean_dzx), training);
   };
   for (int64_t s = widened_loop(out, len, f, x, dy); s < len; ++s) {
     const opmath_t xv = x[s];

@@ -232,6 +232,19 @@ Vec activation_grad_vec(const Vec& dy, const Vec& z, const Vec& slope) {
   return Vec::blendv(negative, dy, z > Vec(0));
 }
 
+// kernel_math.h's pre_activation_grad() and grad_input() on a vector (BatchNorm): dz at the
+// recomputed z = (x - mean) * scale + bias, then dx = (dz - mean_dz - xhat * mean_dz_xhat) *
+// scale in training, dz * scale in eval; the scalar loop's operations in its order (z and
+// the training difference each one fused multiply-add, as the compiler contracts them there).
+template <int act, typename Vec>
+Vec grad_input_vec(const Vec& x, const Vec& dy, const Vec& mean, const Vec& invstd, const Vec& scale, const Vec& bias,
+                   const Vec& slope, const Vec& mean_dz, const Vec& mean_dz_xhat, bool training) {
+  const Vec centered = x - mean;
+  const Vec dz = activation_grad_vec<act>(dy, at::vec::fmadd(centered, scale, bias), slope);
+  if (!training) return dz * scale;
+  return at::vec::fnmadd(centered * invstd, mean_dz_xhat, dz - mean_dz) * scale;
+}
+
 // p's len values as opmath_t: p itself, or converted into buf (len <= kChunk).
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 const opmath_t* as_opmath(const scalar_t* p, int64_t len, opmath_t* buf) {
