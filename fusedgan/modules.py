@@ -256,14 +256,20 @@ class FusedConvLeakyReLU(nn.Conv2d):
         self.backend = check_backend_name(backend)
 
     def forward(self, input):
-        params, padding = self._parameters, self.padding
+        params, padding, stride, dilation = self._parameters, self.padding, self.stride, self.dilation
         weight, bias = params["weight"], params["bias"]
-        if (type(padding) is tuple and self.padding_mode == "zeros" and type(self.negative_slope) in _NUMBER
+        if (type(padding) is type(stride) is type(dilation) is tuple
+                and len(padding) == len(stride) == len(dilation) == 2 and type(self.groups) is int
+                and self.padding_mode == "zeros" and type(self.negative_slope) in _NUMBER
                 and isinstance(input, Tensor) and not _any_autocast()
                 and (entry := _entry_op(input, self.backend, "conv_act", weight, bias))):
             # The functional's plain call, without its argument parsing: nn.Conv2d keeps stride,
-            # padding and dilation as pairs.
-            return entry(input, weight, bias, self.stride, padding, self.dilation, self.groups, self.negative_slope)
+            # padding and dilation as pairs of ints (anything else a user sets takes the
+            # functional, which names what it refuses).
+            try:
+                return entry(input, weight, bias, stride, padding, dilation, self.groups, self.negative_slope)
+            except TypeError:  # e.g. a float in a pair, which the C++ entry's binding cannot take
+                pass
         if self.padding_mode != "zeros":  # as nn.Conv2d: pad explicitly, then convolve unpadded
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0

@@ -235,6 +235,28 @@ def test_bad_inputs(backend):
         conv2d_leaky_relu(x, w, backend=["cpu"])  # unhashable: still the error that names the argument
 
 
+@pytest.mark.parametrize("backend", sorted({b for d, b in DEVICE_BACKENDS if d == "cpu"}))
+def test_module_attributes_set_by_hand(backend):
+    """The module calls the entry op itself only with nn.Conv2d's own pairs: stride, padding,
+    dilation and groups that a user sets to other forms take the functional, which accepts
+    what it accepts (ints, lists) and names what it refuses, on every backend alike."""
+    torch.manual_seed(0)
+    layer = FusedConvLeakyReLU(3, 4, 3, padding=1, negative_slope=0.2, backend=backend)
+    x = torch.randn(2, 3, 8, 8)
+    expected = layer(x)
+    for name, value in (("stride", 1), ("dilation", [1, 1]), ("padding", 1)):
+        setattr(layer, name, value)
+        assert torch.equal(layer(x), expected), name
+    for name, value in (("stride", (1, 1, 1)), ("padding", (1,)), ("dilation", (1.0, 1))):
+        setattr(layer, name, value)
+        with pytest.raises(ValueError, match=f"{name} must be an int or a pair of ints"):
+            layer(x)
+        setattr(layer, name, (1, 1))
+    layer.groups = 1.0
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        layer(x)
+
+
 def test_autocast_matches_stock(device_backend):
     device, backend = device_backend
     dtype = torch.bfloat16
