@@ -404,6 +404,8 @@ def _stock_batch_norm_act(input, weight, bias, running_mean, running_var, num_ba
     if z is None:
         return _checked_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps,
                                        NAMES[act], negative_slope, "torch", False, None, False)
+    # _stock_activation's choice, inlined with the C functions: a Python call costs about a
+    # microsecond here, between ATen calls.
     return torch.relu(z) if act == RELU else _leaky_relu(z, negative_slope) if act == LEAKY_RELU else z
 
 
