@@ -41,12 +41,17 @@ def bn_call(op, provider, interface, training):
     bn = module[0] if backend is None else module
     if interface == "module":
         return module, list(module.parameters())
-    act = F.relu if slope == 0 else (lambda z: F.leaky_relu(z, slope))
-    args = (bn.running_mean, bn.running_var, bn.weight, bn.bias, training, 0.1, 1e-5)
+    # The functionals as a user writes them, every argument spelled out (a call through
+    # *args and a keyword builds a tuple and a dict: microseconds on the fused function's
+    # longer signature, not what a training script pays).
+    mean, var, weight, bias = bn.running_mean, bn.running_var, bn.weight, bn.bias
+    if backend is None and slope == 0:
+        return (lambda x: F.relu(F.batch_norm(x, mean, var, weight, bias, training, 0.1, 1e-5))), [weight, bias]
     if backend is None:
-        return (lambda x: act(F.batch_norm(x, *args))), [bn.weight, bn.bias]
-    return (lambda x: fusedgan.functional.batch_norm_act(x, *args, activation, slope, backend=backend)), \
-        [bn.weight, bn.bias]
+        return (lambda x: F.leaky_relu(F.batch_norm(x, mean, var, weight, bias, training, 0.1, 1e-5), slope)), \
+            [weight, bias]
+    return (lambda x: fusedgan.functional.batch_norm_act(x, mean, var, weight, bias, training, 0.1, 1e-5, activation,
+                                                         slope, backend=backend)), [weight, bias]
 
 
 def conv_call(provider, interface):
@@ -57,12 +62,13 @@ def conv_call(provider, interface):
     else:
         module = conv = fusedgan.FusedConvLeakyReLU(CONV_SHAPE[1], CONV_OUT, 3, 1, 1, negative_slope=0.2,
                                                     backend=backend).to(DEVICE)
+    weight, bias = conv.weight, conv.bias
     if interface == "module":
-        return module, [conv.weight, conv.bias]
+        return module, [weight, bias]
     if backend is None:
-        return (lambda x: F.leaky_relu(F.conv2d(x, conv.weight, conv.bias, 1, 1), 0.2)), [conv.weight, conv.bias]
-    return (lambda x: fusedgan.functional.conv2d_leaky_relu(x, conv.weight, conv.bias, 1, 1, 1, 1, 0.2,
-                                                           backend=backend)), [conv.weight, conv.bias]
+        return (lambda x: F.leaky_relu(F.conv2d(x, weight, bias, 1, 1), 0.2)), [weight, bias]
+    return (lambda x: fusedgan.functional.conv2d_leaky_relu(x, weight, bias, 1, 1, 1, 1, 0.2, backend=backend)), \
+        [weight, bias]
 
 
 def call_step(op, phase, interface, provider, mode):

@@ -6,7 +6,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from fusedgan._activation import IDENTITY, LEAKY_RELU, NAMES, RELU, activation_code
+from fusedgan._activation import ACTIVATIONS, IDENTITY, LEAKY_RELU, NAMES, RELU, activation_code
 from fusedgan._backends import check_backend_name, eager_entry, resolve_backend
 from fusedgan.autograd import (
     BatchNormActFunction,
@@ -101,10 +101,8 @@ _EAGER_BLOCKERS = (_function_mode_on, _dispatch_modes, _functorch_on, _any_autoc
 def _entry_op(input, backend, family, *tensors):
     """The entry (fusedgan._backends.eager_entry) an eager call on `input` goes through, or None
     for the Python path, outside torch.compile (which traces the Python path): for the
-    "torch" backend, its stock composition; for a C++ one, and a non-empty input, the plain
-    _C function when every tensor argument is a plain tensor (or Parameter) and no torch
-    function or dispatch mode or functorch transform is active, so nothing needs the
-    dispatcher to see the call; else the dispatcher op."""
+    "torch" backend, its stock composition; for a C++ one, _cpp_entry's choice. (The
+    functionals inline this: a Python frame costs about a microsecond there, cold.)"""
     if _is_compiling():
         return None
     try:
@@ -113,10 +111,17 @@ def _entry_op(input, backend, family, *tensors):
     except TypeError:  # an unhashable backend: the error that names the argument
         check_backend_name(backend)
         raise
-    if ops is None:
-        return None
-    if ops[0] is ops[1]:  # "torch": stock's ops, which meet modes, subclasses and empty batches themselves
-        return ops[1]
+    if ops is None or ops[0] is ops[1]:  # "torch": stock's ops, which meet modes, subclasses, empty batches
+        return ops and ops[1]
+    return _cpp_entry(ops, input, tensors)
+
+
+def _cpp_entry(ops, input, tensors):
+    """Of a C++ backend's pair (dispatcher op, plain _C function), the one for this call: None
+    (the Python path) for an empty input; the plain function when every tensor argument is a
+    plain tensor (or Parameter) and no torch function or dispatch mode or functorch
+    transform is active, so nothing needs the dispatcher to see the call; else the
+    dispatcher op."""
     if not input.numel():
         return None
     if type(input) not in _PLAIN_TYPES or _function_mode_on() or _dispatch_modes() or _functorch_on():
@@ -184,12 +189,25 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
     output over input and saves only it for backward (see InPlaceBatchNormActFunction);
     input must then be a tensor nothing else reads afterwards.
     """
-    if (isinstance(input, torch.Tensor) and not (sync or inplace) and type(momentum) in _NUMBER
-            and type(eps) in _NUMBER and type(negative_slope) in _NUMBER
-            and (entry := _entry_op(input, backend, "bn_act", weight, bias, running_mean, running_var))):
-        # The C++ entry op checks every argument as below, with the same messages.
-        return entry(input, weight, bias, running_mean, running_var, None, bool(training), momentum, eps,
-                     activation_code(activation), negative_slope)
+    if not (sync or inplace or _is_compiling()):
+        try:  # _entry_op, inlined
+            ops = eager_entry(backend, "bn_act", "cpu" if input.is_cpu else "cuda" if input.is_cuda else
+                              input.device.type)
+            act = ACTIVATIONS[activation]
+        except (AttributeError, KeyError, TypeError):  # not a tensor, an activation, hashable: named below
+            ops = None
+        if ops is None:
+            entry = None
+        elif ops[0] is ops[1]:  # "torch": stock's ops, which check what they are given (_stock_batch_norm_act)
+            entry = ops[1]
+        elif type(momentum) in _NUMBER and type(eps) in _NUMBER and type(negative_slope) in _NUMBER:
+            entry = _cpp_entry(ops, input, (weight, bias, running_mean, running_var))
+        else:
+            entry = None
+        if entry is not None:
+            # The C++ entry op checks every argument as below, with the same messages.
+            return entry(input, weight, bias, running_mean, running_var, None, bool(training), momentum, eps, act,
+                         negative_slope)
     return _checked_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps, activation,
                                    negative_slope, backend, sync, process_group, inplace)
 
@@ -319,12 +337,25 @@ def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1,
 
     This is the Python path; with _C loaded, the module's conv2d_leaky_relu is the C function
     made below over it."""
-    if (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor) and type(groups) is int
-            and type(negative_slope) in _NUMBER and not _any_autocast()
-            and (entry := _entry_op(input, backend, "conv_act", weight, bias))):
-        # The C++ entry op checks every argument as below, with the same messages.
-        return entry(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
-                     _pair(dilation, "dilation"), groups, negative_slope)
+    if not _is_compiling():
+        try:  # _entry_op, inlined
+            ops = eager_entry(backend, "conv_act", "cpu" if input.is_cpu else "cuda" if input.is_cuda else
+                              input.device.type)
+        except (AttributeError, TypeError):  # not a tensor, an unhashable backend: named below
+            ops = None
+        entry = None
+        if ops is None or type(negative_slope) not in _NUMBER:
+            pass
+        elif ops[0] is ops[1]:  # "torch": stock's ops, which check the rest (_stock_conv2d_leaky_relu)
+            entry = ops[1]
+            if type(stride) is type(padding) is type(dilation) is int:  # stock's conv2d takes them as they are
+                return entry(input, weight, bias, stride, padding, dilation, groups, negative_slope)
+        elif isinstance(weight, torch.Tensor) and type(groups) is int and not _any_autocast():
+            entry = _cpp_entry(ops, input, (weight, bias))
+        if entry is not None:
+            # The C++ entry op checks every argument as below, with the same messages.
+            return entry(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
+                         _pair(dilation, "dilation"), groups, negative_slope)
     return _checked_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups, negative_slope, backend)
 
 
@@ -412,14 +443,14 @@ def _stock_batch_norm_act(input, weight, bias, running_mean, running_var, num_ba
 def _stock_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups, negative_slope):
     """The "torch" backend's entry, in the C++ entry op's arguments (csrc/autograd/conv_leaky_relu.cpp)."""
     z = None
-    # (Stock convolves a cpu input with meta weights, into a cpu output.)
-    meta = input.is_meta
-    if input.dim() == 4 and 0.0 <= negative_slope < _INF and weight.is_meta is meta and \
-            (bias is None or bias.is_meta is meta):
-        try:
+    try:
+        # (Stock convolves a cpu input with meta weights, into a cpu output.)
+        meta = input.is_meta
+        if input.dim() == 4 and 0.0 <= negative_slope < _INF and weight.is_meta is meta and \
+                (bias is None or bias.is_meta is meta):
             z = torch.conv2d(input, weight, bias, stride, padding, dilation, groups)
-        except Exception:  # stock's error: the Python path names it
-            pass
+    except Exception:  # stock's error, or an argument that is not a tensor: the Python path names it
+        pass
     if z is None:
         return _checked_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups, negative_slope,
                                           "torch")

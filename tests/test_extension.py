@@ -1,6 +1,7 @@
 """The C++/CUDA extension: op registration, opcheck (of its ops and of the Triton
 backend's custom ops, which share their schemas), and falling back when it cannot load."""
 
+import contextlib
 import inspect
 import os
 import subprocess
@@ -9,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torch.utils._python_dispatch
 from _helpers import DEVICES
 
@@ -336,7 +338,7 @@ def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
              "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
     # Another backend, subclasses, an empty batch, arguments of other types (a float stride,
     # a bool slope, a triple, an int beyond int64), unknown or missing arguments, too many.
-    python_only = [((x, w, b), dict(backend="torch")), ((x, w, b), dict(backend="cuda-sim")),
+    python_only = [((x, w, b), dict(backend="cuda-sim")),
                    ((x.as_subclass(_Marked), w), {}),
                    ((x, w, b.as_subclass(_Marked)), {}), ((torch.empty(0, 3, 6, 5), w), {}), ((x, w, b, 1.0), {}),
                    ((x, w, b, 1, 1, 1, 1, True), {}), ((x, w, b, (1, 1, 1)), {}), ((x, w), dict(groups=2**70)),
@@ -355,6 +357,18 @@ def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
         assert calls.pop() == ((x, w, b), {}), name
     with torch.no_grad():  # no mode: the C++ op, recording no graph
         assert entry(x, w, b).grad_fn is None and not calls
+    # The "torch" backend: its stock composition, called with the arguments as given (no
+    # Python path): stock's bits, under a mode too; its errors those of every backend.
+    torch_calls = [(((x, w, b), dict(backend="torch")), F.leaky_relu(F.conv2d(x, w, b), 0.01)),
+                   (((x, w), dict(stride=(1, 2), padding=[1, 0], negative_slope=0.2, backend="torch")),
+                    F.leaky_relu(F.conv2d(x, w, None, (1, 2), [1, 0]), 0.2))]
+    for (args, kwargs), expected in torch_calls:
+        for mode in (contextlib.nullcontext, _SeenOps):
+            with mode():
+                assert torch.equal(entry(*args, **kwargs), expected)
+    with pytest.raises(ValueError, match="negative_slope must be >= 0"):
+        entry(x, w, b, negative_slope=-1.0, backend="torch")
+    assert not calls
 
 
 @needs_extension
