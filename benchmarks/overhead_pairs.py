@@ -2,7 +2,12 @@
 benchmarks/test_bench_overhead.py (the same calls), each provider's calls alternating
 round by round in one process, and the median of the per-round ratios fused / stock.
 
-    python benchmarks/overhead_pairs.py [--rounds 40] [--calls 25] [--markdown out.md]
+    python benchmarks/overhead_pairs.py [--rounds 40] [--calls 25] [--provider fused-torch]
+        [--without-extension] [--markdown out.md]
+
+--without-extension times fusedgan as it runs where its C++ extension was never built
+("auto" is then the "torch" backend on a CPU, and the functional convolution a Python
+function): the extension's import is blocked before fusedgan is imported.
 
 On a shared machine the time of a microsecond call drifts by tens of percent between one
 benchmark and the next, more than the difference being measured; timed in turn, both
@@ -10,12 +15,16 @@ providers see the same drift and the ratio holds still.
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-import test_bench_overhead as cases
-import torch
-from conftest import DEVICE
+if __name__ == "__main__" and "--without-extension" in sys.argv:
+    sys.modules["fusedgan._C"] = None  # an import of it now raises ImportError, as when it is not built
+
+import test_bench_overhead as cases  # noqa: E402 (after the block above: it imports fusedgan)
+import torch  # noqa: E402
+from conftest import DEVICE  # noqa: E402
 
 
 def median(values):
@@ -48,8 +57,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--calls", type=int, default=25, help="calls a round times together")
     parser.add_argument("--provider", default="fused-cpu" if DEVICE.type == "cpu" else "fused-cuda")
+    parser.add_argument("--without-extension", action="store_true",
+                        help="block fusedgan._C's import, as where it was never built")
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args()
+    print(f"backends available: {', '.join(cases.fusedgan.available_backends())}", flush=True)
     lines = [f"| op | phase | call | mode | stock us | {args.provider} us | fused / stock |",
              "|---|---|---|---|---|---|---|"]
     for op, phase in cases.OPS:

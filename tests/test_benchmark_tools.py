@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import fusedgan
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -28,10 +30,16 @@ def test_profile_step_finds_each_op_kind_in_stock_and_fused(tmp_path):
     assert re.search(r"fused step [\d.]+x stock \(median of 3 paired steps", text), text
 
 
-def test_overhead_pairs_times_every_case_against_stock(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--provider", "fused-torch", "--without-extension"]])
+def test_overhead_pairs_times_every_case_against_stock(tmp_path, options):
     out = tmp_path / "pairs.md"
-    subprocess.run([sys.executable, str(BENCHMARKS / "overhead_pairs.py"), "--rounds", "2", "--calls", "2",
-                    "--markdown", str(out)], check=True, capture_output=True, timeout=300)
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "overhead_pairs.py"), "--rounds", "2", "--calls", "2",
+                          "--markdown", str(out), *options], check=True, capture_output=True, text=True, timeout=300)
+    backends = re.search(r"backends available: (.*)", run.stdout).group(1).split(", ")
+    if "--without-extension" in options:
+        assert "cpu" not in backends and "torch" in backends, backends
+    else:
+        assert backends == fusedgan.available_backends(), backends
     rows = out.read_text().splitlines()[2:]
     assert len(rows) == 20, rows  # 5 (op, phase) cases x module/functional x fwd/fwd+bwd
     for row in rows:
