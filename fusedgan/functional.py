@@ -111,8 +111,10 @@ def _entry_op(input, backend, family, *tensors):
     except TypeError:  # an unhashable backend: the error that names the argument
         check_backend_name(backend)
         raise
-    if ops is None or ops[0] is ops[1]:  # "torch": stock's ops, which meet modes, subclasses, empty batches
-        return ops and ops[1]
+    if ops is None:
+        return None
+    if ops[0] is ops[1]:  # "torch": stock's ops, which meet modes, subclasses and empty batches themselves
+        return ops[1]
     return _cpp_entry(ops, input, tensors)
 
 

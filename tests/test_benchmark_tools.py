@@ -1,8 +1,8 @@
 """The benchmark tools: benchmarks/profile_step.py, the DCGAN step profile BENCHMARKS.md
 quotes, on a tiny batch (every op kind, the fused layers' included, is found in both
-implementations' profiles, and the paired timing reports its ratio); overhead_pairs.py; and
-the GPU benchmarks' clock, checked with stand-in CUDA events on the installed
-pytest-benchmark."""
+implementations' profiles, and the paired timing reports its ratio); overhead_pairs.py and
+layer_pairs.py (every row timed against stock); report.py's merge of several runs; and the
+GPU benchmarks' clock, checked with stand-in CUDA events on the installed pytest-benchmark."""
 
 import importlib.util
 import re
@@ -45,6 +45,42 @@ def test_overhead_pairs_times_every_case_against_stock(tmp_path, options):
     for row in rows:
         stock, fused, ratio = (float(v) for v in row.strip("|").split("|")[4:])
         assert stock > 0 and fused > 0 and ratio > 0, row
+
+
+def test_layer_pairs_times_each_dtype_and_layout_against_stock(tmp_path):
+    out = tmp_path / "layers.md"
+    subprocess.run([sys.executable, str(BENCHMARKS / "layer_pairs.py"), "--rounds", "3", "--calls", "1",
+                    "--shapes", "1", "--markdown", str(out)], check=True, capture_output=True, timeout=300)
+    rows = out.read_text().splitlines()[2:]
+    assert len(rows) == 12, rows  # 3 dtypes x 2 layouts x fwd/fwd+bwd at one shape
+    assert {tuple(row.split(" | ")[1:3]) for row in rows} == {
+        (dtype, layout) for dtype in ("float32", "bfloat16", "float16") for layout in ("nchw", "channels_last")}
+    for row in rows:
+        cells = row.strip("| ").split(" | ")
+        mid, low, high = (float(v) for v in re.fullmatch(r"([\d.]+)x \(([\d.]+)-([\d.]+)\)", cells[6]).groups())
+        assert float(cells[4]) > 0 and float(cells[5]) > 0 and 0 < low <= mid <= high, row
+
+
+def test_report_takes_each_cases_median_run(tmp_path):
+    """report.py over several runs' files: each (case, provider) row is its median run (the
+    middle one of three), and the speed-up divides the two providers' rows."""
+    import json
+
+    def bench(provider, seconds):
+        return {"stats": {"median": seconds}, "extra_info": {
+            "op": "bn+relu", "shape": [2, 3, 4, 4], "mode": "fwd", "dtype": "float32/nchw", "provider": provider,
+            "gbps": 1.0, "roofline_gbps": 10.0, "device": "cpu"}}
+
+    files = []
+    for run, (stock, fused) in enumerate([(4e-3, 1e-3), (3e-3, 2e-3), (2e-3, 9e-3)]):
+        files.append(tmp_path / f"run{run}.json")
+        files[-1].write_text(json.dumps({"benchmarks": [bench("stock", stock), bench("fused-cpu", fused)]}))
+    spec = importlib.util.spec_from_file_location("report", BENCHMARKS / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    rows = {r["provider"]: r for r in report.rows(report.load(files)[1])}
+    assert rows["stock"]["ms"] == "3.000" and rows["fused-cpu"]["ms"] == "2.000", rows
+    assert rows["fused-cpu"]["vs eager"] == "1.50x", rows
 
 
 class StandInStream:
