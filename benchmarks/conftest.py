@@ -76,6 +76,27 @@ def run_benchmark(benchmark, step, *, rounds, iterations, warmup=3, bytes_moved=
         peak_memory=torch.cuda.max_memory_allocated() if GPU else None)
 
 
+def time_in_turn(steps, rounds, calls, warmup):
+    """{name: per-call microseconds of each round} for the `steps` (name -> no-argument
+    step), timed in turn: each round times `calls` calls of every step, one after another,
+    so slow and fast spells of a shared machine fall on all of them alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            if GPU:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(calls):
+                step()
+            if GPU:
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - start) / calls * 1e6)
+    return times
+
+
 def layer_step(model, x, grad, mode):
     """The timed step of one layer: forward, and for "fwd+bwd" its backward to every input.
 

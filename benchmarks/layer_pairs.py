@@ -10,11 +10,10 @@ apart; timed in turn, stock and fused see the same drift, so ratios near 1.0x ho
 """
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
-from conftest import DEVICE, layer_step
+from conftest import DEVICE, layer_step, time_in_turn
 from test_bench_bn_act import build
 
 SHAPES = [(64, 512, 4, 4), (64, 256, 8, 8), (64, 128, 16, 16)]
@@ -34,20 +33,7 @@ def measure(shape, dtype, layout, mode, provider, rounds, calls, warmup=3):
     x.requires_grad_(mode != "fwd")
     grad = torch.randn_like(x)
     steps = {p: layer_step(build(p, shape[1], "relu", 0.0).to(DEVICE), x, grad, mode) for p in ("stock", provider)}
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times = {p: [] for p in steps}
-    for _ in range(rounds):
-        for p, step in steps.items():
-            if DEVICE.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(calls):
-                step()
-            if DEVICE.type == "cuda":
-                torch.cuda.synchronize()
-            times[p].append((time.perf_counter() - start) / calls * 1e6)
+    times = time_in_turn(steps, rounds, calls, warmup)
     speedups = [s / f for s, f in zip(times["stock"], times[provider])]
     return quartiles(times["stock"])[1], quartiles(times[provider])[1], quartiles(speedups)
 

@@ -16,15 +16,13 @@ providers see the same drift and the ratio holds still.
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 if __name__ == "__main__" and "--without-extension" in sys.argv:
     sys.modules["fusedgan._C"] = None  # an import of it now raises ImportError, as when it is not built
 
 import test_bench_overhead as cases  # noqa: E402 (after the block above: it imports fusedgan)
-import torch  # noqa: E402
-from conftest import DEVICE  # noqa: E402
+from conftest import DEVICE, time_in_turn  # noqa: E402
 
 
 def median(values):
@@ -34,20 +32,7 @@ def median(values):
 def measure(op, phase, interface, mode, provider, rounds, calls, warmup=50):
     """(stock us, fused us, median fused / stock ratio) of one case, the two timed in turn."""
     steps = {p: cases.call_step(op, phase, interface, p, mode)[0] for p in ("stock", provider)}
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times = {p: [] for p in steps}
-    for _ in range(rounds):
-        for p, step in steps.items():
-            if DEVICE.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(calls):
-                step()
-            if DEVICE.type == "cuda":
-                torch.cuda.synchronize()
-            times[p].append((time.perf_counter() - start) / calls * 1e6)
+    times = time_in_turn(steps, rounds, calls, warmup)
     ratios = [f / s for f, s in zip(times[provider], times["stock"])]
     return median(times["stock"]), median(times[provider]), median(ratios)
 
