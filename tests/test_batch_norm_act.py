@@ -503,13 +503,14 @@ def test_is_a_batchnorm_and_drops_into_sequential():
 
 @pytest.mark.parametrize("device, backend", DEVICE_BACKENDS, ids=[f"{d}-{b}" for d, b in DEVICE_BACKENDS])
 @pytest.mark.parametrize("shape, channels_last", [((8, 3, 2, 2), False), ((8, 3, 4, 4), False),
-                                                   ((8, 3, 16, 16), False), ((4, 2, 40, 40), False),
+                                                   ((8, 3, 8, 8), False), ((8, 3, 16, 16), False),
+                                                   ((4, 2, 40, 40), False),
                                                    ((8, 3, 16, 16), True), ((640, 3), False)])
 def test_batch_statistics_when_the_mean_dwarfs_the_spread(device, backend, shape, channels_last):
     """x = 1e4 + N(0, 1) in fp32 (exact inputs): batch mean and variance within the fp32 rule
     (1e-5) of float64's. Merging partial means rounded at the scale of the mean instead of
     the spread gave 1e-5 to 3.5e-4 here (docs/numerics.md, "Statistics"). The shapes take
-    every statistics path: runs under 16 values, lane sums, chunks, the CUDA kernels' tiled
+    every statistics path: runs under 16 values, lane sums (16 and 64 values), chunks, the CUDA kernels' tiled
     splits (6400 rows a channel), channels_last rows and 2D input."""
     torch.manual_seed(0)
     ops = backend_module(backend)

@@ -4,8 +4,8 @@
 //  - rows (contiguous NCHW): each (n, c) is a run of S contiguous values. Threads take
 //    groups of adjacent channels and walk a group's runs in memory order (n outer), so the
 //    loads stream whole pages; a channel's statistics merge (Chan) the exact two-pass
-//    statistics of its chunks of at most kChunk values (runs under kLaneRun values: two
-//    passes over the channel, its mean then its squared deviations), and its output
+//    statistics of its chunks of at most kChunk values (runs of at most kLaneRun values:
+//    two passes over the channel, its mean then its squared deviations), and its output
 //    follows while the group's slice is in cache.
 //  - channels (channels_last, and (N, C) inputs): each of the R = N*S rows holds C
 //    contiguous channels. Rows are cut into a fixed number of blocks, each block reduces
@@ -108,10 +108,13 @@ void grad_input_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__
 // ---------------------------------------------------------------------------------------
 
 // The statistics of forward_rows by run length S (paired timings of the training forward
-// on the 2-core CPU, fp32 and bf16): runs under kShortRun values, two passes in double
-// (0.5x-0.9x of the chunks' time at 1 to 9 values); under kLaneRun, two passes in lane
-// sums (0.8x-0.87x at 16 values, where double passes took 1.03x-1.13x; a tie at 64);
-// longer runs, chunk statistics merged in order.
+// on the 2-core CPU): runs under kShortRun values, two passes in double (0.5x-0.9x of the
+// chunks' time at 1 to 9 values); up to kLaneRun, two passes in lane sums (0.8x-0.87x at
+// 16 values, fp32 and bf16, where double passes took 1.03x-1.13x; at 64 a tie in fp32 and
+// about 0.75x in bf16 and fp16, whose chunks convert and merge per run: the NCHW 8x8
+// forward went from 1.00x to 1.32x of stock in bf16, 0.90x to 1.33x in fp16); longer runs,
+// chunk statistics merged in order (at 256 values the lane sums were slower in fp32, 4.1x
+// of stock against 3.4x, and a tie in bf16 and fp16).
 constexpr int64_t kShortRun = 16, kLaneRun = 64;
 
 // Rows layout: a group of channels at a time (rows_group_size), statistics (one read of
@@ -150,8 +153,8 @@ void forward_rows(const Layout& L, const std::vector<double>& w, const std::vect
               channel_m2[j] += d * d;
             }
           });
-        } else if (S < kLaneRun) {
-          // Runs of 16 to 63 values (4x4 to 7x7 maps): the same two passes over each
+        } else if (S <= kLaneRun) {
+          // Runs of 16 to 64 values (4x4 to 8x8 maps): the same two passes over each
           // channel's runs, in lane sums (norm_loops.h, add_deviations) instead of a chunk's
           // reductions and merge per run, which cost more than its values here. The first
           // pass sums deviations from the channel's first value, so its fp32 lanes round
