@@ -196,7 +196,7 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
             ops = eager_entry(backend, "bn_act", "cpu" if input.is_cpu else "cuda" if input.is_cuda else
                               input.device.type)
             act = ACTIVATIONS[activation]
-        except (AttributeError, KeyError, TypeError):  # not a tensor, an activation, hashable: named below
+        except (AttributeError, KeyError, TypeError):  # not a tensor, no activation, unhashable: named below
             ops = None
         if ops is None:
             entry = None

@@ -295,8 +295,9 @@ def test_expanded_grad(device_backend, shape, channels_last):
     assert rel_err(fused.bias.grad, stock[0].bias.grad, torch.full_like(fused.bias.grad, x[:, 0].numel())) < FP32_TOL
 
 
-# (6, 10, 2, 3): short runs (S < 16); (2, 37, 3, 5): in channels_last, 16-channel vectors and a tail.
-LOW_PRECISION_SHAPES = [(4, 6, 5, 7), (3, 2, 90, 80), (5, 16, 17, 16), (6, 10, 2, 3), (2, 37, 3, 5)]
+# (6, 10, 2, 3): short runs (S < 16); (3, 5, 8, 8): the longest runs of the lane-sum statistics
+# (S = 64); (2, 37, 3, 5): in channels_last, 16-channel vectors and a tail.
+LOW_PRECISION_SHAPES = [(4, 6, 5, 7), (3, 2, 90, 80), (5, 16, 17, 16), (6, 10, 2, 3), (3, 5, 8, 8), (2, 37, 3, 5)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -510,8 +511,8 @@ def test_batch_statistics_when_the_mean_dwarfs_the_spread(device, backend, shape
     """x = 1e4 + N(0, 1) in fp32 (exact inputs): batch mean and variance within the fp32 rule
     (1e-5) of float64's. Merging partial means rounded at the scale of the mean instead of
     the spread gave 1e-5 to 3.5e-4 here (docs/numerics.md, "Statistics"). The shapes take
-    every statistics path: runs under 16 values, lane sums (16 and 64 values), chunks, the CUDA kernels' tiled
-    splits (6400 rows a channel), channels_last rows and 2D input."""
+    every statistics path: runs under 16 values, lane sums (runs of 16 and 64 values), chunks,
+    the CUDA kernels' tiled splits (6400 rows a channel), channels_last rows and 2D input."""
     torch.manual_seed(0)
     ops = backend_module(backend)
     x = random_input(shape, torch.float32, device, channels_last, scale=1.0, shift=1e4)
