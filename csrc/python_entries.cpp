@@ -6,39 +6,62 @@
 // function or dispatch mode and no functorch transform active (nothing that needs the
 // dispatcher to see the op); everything else goes through torch.ops.fusedgan.
 //
-// make_conv2d_leaky_relu builds fusedgan.functional.conv2d_leaky_relu itself as a C
-// function: stock's F.conv2d + F.leaky_relu are two C calls, and each Python line in front
-// of the fused call cost 1.4-9 us between oneDNN convolutions on the 2-core CPU (cold code),
-// so the fused functional took 1.03x of stock's time per call with its checks in Python.
-// The C function takes the fast path only for a call it can prove is a plain eager call
-// (exact Tensor/Parameter arguments, int/float scalars, no mode, transform or autocast
-// active, a C++ backend) and hands every other call, unchanged, to the Python function,
-// which has the full checks and error messages and which torch.compile traces.
+// make_entry builds fusedgan.functional.batch_norm_act and conv2d_leaky_relu themselves as
+// C functions. Stock's pairs are a few C calls (F.conv2d is one, F.batch_norm and F.relu
+// thin Python wrappers), and each Python line in front of the fused call cost 0.3-9 us
+// between ATen calls on the 2-core CPU (cold code), so the fused functionals took 1.02x-1.06x
+// of stock's time per call with their backend choice and checks in Python. A C function
+// takes its fast path only for a call it can prove is a plain eager call (exact
+// Tensor/Parameter arguments, int/float scalars, the default sync/inplace) and hands every
+// other call, unchanged, to the Python function, which has the full checks and error
+// messages and which torch.compile traces. The fast path calls
+// - for a C++ backend (no mode, transform or, for the convolution, autocast active): the
+//   fused op's C++ function, as the Python path's plain entry does;
+// - for the "torch" backend: its stock composition (fusedgan.functional._stock_*, the
+//   Python entry the modules call) with ATen's C++ functions, where that Python entry would
+//   call stock's ops (the same ops, so stock's autograd, modes and bits) and no torch
+//   function mode is active (which only Python calls meet); every other call to the Python
+//   entry itself, which decides, and names what is wrong, as every backend does.
+// The GIL is released around the ATen calls, as torch's own bindings do.
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
 #include <array>
+#include <cmath>
 #include <optional>
+#include <string>
 
 #include "autograd/entry_ops.h"
+#include "kernel_math.h"
 
 namespace fusedgan {
 namespace {
 
-// The function's state, its `self`: a tuple of these.
-enum State { kFallback, kEagerEntry, kBlockers, kParameterType, kFamily, kAuto, kCpu, kCuda, kDefaults };
-
-// Argument order of conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0,
-// dilation=1, groups=1, negative_slope=0.01, *, backend="auto").
-enum Arg { kInput, kWeight, kBias, kStride, kPadding, kDilation, kGroups, kSlope, kBackend, kArgs };
-constexpr Py_ssize_t kPositional = kBackend;  // backend is keyword-only
-constexpr std::array<const char*, kArgs> kNames = {"input",    "weight", "bias",           "stride", "padding",
-                                                   "dilation", "groups", "negative_slope", "backend"};
+// A C entry function's state, its `self`: a tuple of these.
+enum State {
+  kFallback,       // the Python path
+  kEagerEntry,     // fusedgan._backends.eager_entry
+  kBlockers,       // no-argument callables, true when the dispatcher must see a C++ backend's call
+  kFunctionMode,   // torch._C._is_torch_function_mode_enabled
+  kParameterType,  // torch.nn.Parameter
+  kActivations,    // fusedgan._activation.ACTIVATIONS
+  kFamily,         // "bn_act" or "conv_act", eager_entry's argument
+  kAuto,           // "auto", the backend argument's default
+  kCpu,
+  kCuda,
+  kDefaults,  // the signature's defaults, from its first optional argument on
+  kStateSize
+};
 
 bool plain_tensor(PyObject* object, PyObject* parameter_type) {
   const auto type = reinterpret_cast<PyObject*>(Py_TYPE(object));
   return type == THPVariableClass || type == parameter_type;
+}
+
+std::optional<at::Tensor> optional_tensor(PyObject* object) {
+  if (object == Py_None) return std::nullopt;
+  return THPVariable_Unpack(object);
 }
 
 // An exact int (not bool) that fits int64; an error set when it does not fit.
@@ -48,12 +71,19 @@ bool read_int(PyObject* object, int64_t& out) {
   return !(out == -1 && PyErr_Occurred());
 }
 
-// An int or a tuple/list of two ints, as the Python path's _pair; `absent` when not given.
-bool read_pair(PyObject* object, int64_t absent, std::array<int64_t, 2>& out) {
-  if (object == nullptr) {
-    out = {absent, absent};
+// An exact float, or an exact int that converts; an error set when it does not.
+bool read_number(PyObject* object, double& out) {
+  if (PyFloat_CheckExact(object)) {
+    out = PyFloat_AS_DOUBLE(object);
     return true;
   }
+  if (!PyLong_CheckExact(object)) return false;
+  out = PyLong_AsDouble(object);
+  return !(out == -1.0 && PyErr_Occurred());
+}
+
+// An int or a tuple/list of two ints, as the Python path's _pair.
+bool read_pair(PyObject* object, std::array<int64_t, 2>& out) {
   if (read_int(object, out[0])) {
     out[1] = out[0];
     return true;
@@ -66,135 +96,300 @@ bool read_pair(PyObject* object, int64_t absent, std::array<int64_t, 2>& out) {
   return read_int(items[0], out[0]) && read_int(items[1], out[1]);
 }
 
-// Whether any blocker (a no-argument callable: a torch function or dispatch mode, a
-// functorch transform or autocast being active) returns a true value.
+// Whether a no-argument callable returns a true value (an error counts as true: the
+// Python path meets it again).
+bool returns_true(PyObject* callable) {
+  PyObject* result = PyObject_CallNoArgs(callable);
+  const int active = result == nullptr ? -1 : PyObject_IsTrue(result);
+  Py_XDECREF(result);
+  return active != 0;
+}
+
 bool blocked(PyObject* blockers) {
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(blockers); ++i) {
-    PyObject* result = PyObject_CallNoArgs(PyTuple_GET_ITEM(blockers, i));
-    const int active = result == nullptr ? -1 : PyObject_IsTrue(result);
-    Py_XDECREF(result);
-    if (active != 0) return true;  // an error (-1) too: the Python path meets it again
+    if (returns_true(PyTuple_GET_ITEM(blockers, i))) return true;
   }
   return false;
 }
 
+// The arguments of one call, by position in the signature (nullptr: not given), and the
+// signature's defaults for those not given.
+template <size_t N>
+struct Arguments {
+  std::array<PyObject*, N> given{};
+  PyObject* defaults;  // a tuple: the defaults of arguments first_optional.. N-1
+  size_t first_optional;
+
+  PyObject* operator[](size_t i) const {
+    return given[i] != nullptr || i < first_optional ? given[i] : PyTuple_GET_ITEM(defaults, i - first_optional);
+  }
+
+  // METH_FASTCALL | METH_KEYWORDS: args holds the positional arguments, then the values of
+  // the keywords named in kwnames. False for too many positional arguments, an unknown or
+  // repeated keyword, or a required argument missing: the Python path says which.
+  bool parse(const std::array<const char*, N>& names, size_t max_positional, PyObject* const* args,
+             Py_ssize_t n_positional, PyObject* kwnames) {
+    if (n_positional > static_cast<Py_ssize_t>(max_positional)) return false;
+    for (Py_ssize_t i = 0; i < n_positional; ++i) given[i] = args[i];
+    const Py_ssize_t n_keywords = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t j = 0; j < n_keywords; ++j) {
+      PyObject* name = PyTuple_GET_ITEM(kwnames, j);
+      size_t at = 0;
+      while (at < N && PyUnicode_CompareWithASCIIString(name, names[at]) != 0) ++at;
+      if (at == N || given[at] != nullptr) return false;
+      given[at] = args[n_positional + j];
+    }
+    for (size_t i = 0; i < first_optional; ++i) {
+      if (given[i] == nullptr) return false;
+    }
+    return true;
+  }
+};
+
+// Where a call on `backend` goes, from eager_entry(backend, family, device type).
+enum class Route { kPython, kCpp, kStock };
+
+// kCpp when `backend` resolves to a C++ backend on the input's (CPU or CUDA) device; kStock
+// for the "torch" backend, with its Python entry in `stock_entry` (borrowed: eager_entry's
+// cache holds it); kPython, with no error set, for anything else (another backend, a bad
+// name: the Python path's business).
+Route route(PyObject* state, PyObject* backend, const at::Tensor& input, PyObject*& stock_entry) {
+  if (!PyUnicode_CheckExact(backend) || !(input.is_cpu() || input.is_cuda())) return Route::kPython;
+  PyObject* lookup[] = {backend, PyTuple_GET_ITEM(state, kFamily), PyTuple_GET_ITEM(state, input.is_cpu() ? kCpu : kCuda)};
+  PyObject* pair = PyObject_Vectorcall(PyTuple_GET_ITEM(state, kEagerEntry), lookup, 3, nullptr);
+  Route result = Route::kPython;
+  if (pair != nullptr && PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2) {
+    stock_entry = PyTuple_GET_ITEM(pair, 1);
+    result = PyTuple_GET_ITEM(pair, 0) == stock_entry ? Route::kStock : Route::kCpp;
+  }
+  Py_XDECREF(pair);
+  PyErr_Clear();
+  return result;
+}
+
+// ---- conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+//      negative_slope=0.01, *, backend="auto")
+enum ConvArg { kConvInput, kConvWeight, kConvBias, kStride, kPadding, kDilation, kGroups, kConvSlope, kConvBackend,
+               kConvArgs };
+constexpr std::array<const char*, kConvArgs> kConvNames = {
+    "input", "weight", "bias", "stride", "padding", "dilation", "groups", "negative_slope", "backend"};
+
 // The fused op's result for a plain eager call; nullptr with no Python error set when the
 // call is not one (the Python path takes it, and raises whatever is wrong with it).
-PyObject* try_fast_path(PyObject* state, const std::array<PyObject*, kArgs>& args) {
+PyObject* conv2d_leaky_relu_fast_path(PyObject* state, const Arguments<kConvArgs>& args) {
   PyObject* parameter_type = PyTuple_GET_ITEM(state, kParameterType);
-  PyObject* bias = args[kBias] == Py_None ? nullptr : args[kBias];
-  if (args[kInput] == nullptr || args[kWeight] == nullptr || !plain_tensor(args[kInput], parameter_type) ||
-      !plain_tensor(args[kWeight], parameter_type) || (bias != nullptr && !plain_tensor(bias, parameter_type))) {
-    return nullptr;
-  }
+  PyObject* bias = args[kConvBias];
   std::array<int64_t, 2> stride, padding, dilation;
-  int64_t groups = 1;
-  double slope = 0.01;
-  bool plain = read_pair(args[kStride], 1, stride) && read_pair(args[kPadding], 0, padding) &&
-               read_pair(args[kDilation], 1, dilation) && (args[kGroups] == nullptr || read_int(args[kGroups], groups));
-  if (plain && args[kSlope] != nullptr) {
-    if (PyFloat_CheckExact(args[kSlope])) {
-      slope = PyFloat_AS_DOUBLE(args[kSlope]);
-    } else if (PyLong_CheckExact(args[kSlope])) {
-      slope = PyLong_AsDouble(args[kSlope]);
-      plain = !(slope == -1.0 && PyErr_Occurred());
-    } else {
-      plain = false;
-    }
-  }
-  PyObject* backend = args[kBackend] != nullptr ? args[kBackend] : PyTuple_GET_ITEM(state, kAuto);
-  const at::Tensor& input = THPVariable_Unpack(args[kInput]);
-  if (!plain || !PyUnicode_CheckExact(backend) || input.numel() == 0 || !(input.is_cpu() || input.is_cuda())) {
+  int64_t groups;
+  double slope;
+  if (!plain_tensor(args[kConvInput], parameter_type) || !plain_tensor(args[kConvWeight], parameter_type) ||
+      (bias != Py_None && !plain_tensor(bias, parameter_type)) || !read_pair(args[kStride], stride) ||
+      !read_pair(args[kPadding], padding) || !read_pair(args[kDilation], dilation) ||
+      !read_int(args[kGroups], groups) || !read_number(args[kConvSlope], slope)) {
     PyErr_Clear();
     return nullptr;
   }
-  // eager_entry(backend, "conv_act", device type): the cached pair (dispatcher op, plain
-  // function) when `backend` resolves to a C++ backend on this device, the one this function
-  // calls; the stock composition twice for "torch", called here with the arguments as given
-  // (stock's conv2d takes ints and pairs alike; a Python call through the Python path
-  // measured 3% of a call more); else None. Looked up before the blockers are asked: modes
-  // and autocast meet the stock composition as they meet stock's ops.
-  PyObject* lookup[] = {backend, PyTuple_GET_ITEM(state, kFamily), PyTuple_GET_ITEM(state, input.is_cpu() ? kCpu : kCuda)};
-  PyObject* ops = PyObject_Vectorcall(PyTuple_GET_ITEM(state, kEagerEntry), lookup, 3, nullptr);
-  if (ops == nullptr || !PyTuple_Check(ops) || PyTuple_GET_SIZE(ops) != 2) {
-    Py_XDECREF(ops);
-    PyErr_Clear();
-    return nullptr;
-  }
-  PyObject* stock = PyTuple_GET_ITEM(ops, 0) == PyTuple_GET_ITEM(ops, 1) ? PyTuple_GET_ITEM(ops, 1) : nullptr;
-  if (stock != nullptr) {
-    // The signature's defaults (bias, then stride, padding, dilation, groups, negative_slope)
-    // where an argument was not given.
-    PyObject* defaults = PyTuple_GET_ITEM(state, kDefaults);
-    std::array<PyObject*, kBackend> stock_args;
-    for (int i = 0; i < kBackend; ++i) {
-      stock_args[i] = args[i] != nullptr ? args[i] : PyTuple_GET_ITEM(defaults, i - kBias);
+  const at::Tensor& input = THPVariable_Unpack(args[kConvInput]);
+  const at::Tensor& weight = THPVariable_Unpack(args[kConvWeight]);
+  const std::optional<at::Tensor> bias_tensor = optional_tensor(bias);
+  PyObject* stock_entry = nullptr;
+  const Route to = input.numel() ? route(state, args[kConvBackend], input, stock_entry) : Route::kPython;
+  if (to == Route::kPython) return nullptr;
+  HANDLE_TH_ERRORS
+  if (to == Route::kStock) {
+    // _stock_conv2d_leaky_relu, where it calls torch.conv2d (stock convolves a cpu input
+    // with meta weights, which the fused layer refuses: those take the Python entry).
+    const bool meta = input.is_meta();
+    if (!returns_true(PyTuple_GET_ITEM(state, kFunctionMode)) && input.dim() == 4 && slope >= 0.0 &&
+        slope < INFINITY && weight.is_meta() == meta && (!bias_tensor || bias_tensor->is_meta() == meta)) {
+      at::Tensor output;
+      bool convolved = false;
+      try {
+        pybind11::gil_scoped_release no_gil;
+        const at::Tensor z = at::conv2d(input, weight, bias_tensor, stride, padding, dilation, groups);
+        convolved = true;
+        output = at::leaky_relu(z, slope);
+      } catch (const std::exception&) {
+        if (convolved) throw;  // else stock's error: the Python entry names it as every backend does
+      }
+      if (convolved) return THPVariable_Wrap(output);
     }
-    PyObject* result = PyObject_Vectorcall(stock, stock_args.data(), kBackend, nullptr);
-    Py_DECREF(ops);
-    return result;
+    PyErr_Clear();
+    std::array<PyObject*, kConvBackend> stock_args;
+    for (int i = 0; i < kConvBackend; ++i) stock_args[i] = args[i];
+    return PyObject_Vectorcall(stock_entry, stock_args.data(), kConvBackend, nullptr);
   }
-  Py_DECREF(ops);
   if (blocked(PyTuple_GET_ITEM(state, kBlockers))) {
     PyErr_Clear();
     return nullptr;
   }
-  HANDLE_TH_ERRORS
-  std::optional<at::Tensor> bias_tensor;
-  if (bias != nullptr) bias_tensor = THPVariable_Unpack(bias);
-  return THPVariable_Wrap(conv2d_leaky_relu(input, THPVariable_Unpack(args[kWeight]), bias_tensor, stride, padding,
-                                            dilation, groups, slope));
+  at::Tensor output;
+  {
+    pybind11::gil_scoped_release no_gil;
+    output = conv2d_leaky_relu(input, weight, bias_tensor, stride, padding, dilation, groups, slope);
+  }
+  return THPVariable_Wrap(output);
   END_HANDLE_TH_ERRORS
 }
 
-// METH_FASTCALL | METH_KEYWORDS: args holds the positional arguments, then the values of
-// the keywords named in kwnames.
 PyObject* conv2d_leaky_relu_entry(PyObject* state, PyObject* const* args, Py_ssize_t n_positional,
                                   PyObject* kwnames) {
-  std::array<PyObject*, kArgs> values{};
-  bool parsed = n_positional <= kPositional;
-  for (Py_ssize_t i = 0; parsed && i < n_positional; ++i) values[i] = args[i];
-  const Py_ssize_t n_keywords = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
-  for (Py_ssize_t j = 0; parsed && j < n_keywords; ++j) {
-    PyObject* name = PyTuple_GET_ITEM(kwnames, j);
-    int at = 0;
-    while (at < kArgs && PyUnicode_CompareWithASCIIString(name, kNames[at]) != 0) ++at;
-    parsed = at < kArgs && values[at] == nullptr;  // else unknown or repeated: the Python path says so
-    if (parsed) values[at] = args[n_positional + j];
-  }
-  if (parsed) {
-    if (PyObject* result = try_fast_path(state, values)) return result;
+  Arguments<kConvArgs> parsed{{}, PyTuple_GET_ITEM(state, kDefaults), kConvBias};
+  if (parsed.parse(kConvNames, kConvBackend, args, n_positional, kwnames)) {
+    if (PyObject* result = conv2d_leaky_relu_fast_path(state, parsed)) return result;
     if (PyErr_Occurred()) return nullptr;  // the fused op's own error
   }
   return PyObject_Vectorcall(PyTuple_GET_ITEM(state, kFallback), args, n_positional, kwnames);
 }
 
-PyMethodDef conv2d_leaky_relu_def = {
-    "conv2d_leaky_relu", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&conv2d_leaky_relu_entry)),
-    METH_FASTCALL | METH_KEYWORDS,
-    "conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, negative_slope=0.01, "
-    "*, backend='auto')\n--\n\n"
-    "leaky_relu(conv2d(input, weight, bias), negative_slope) in one op (negative_slope=0 is\n"
-    "ReLU); the arguments of torch.nn.functional.conv2d, with zero padding."};
+// ---- batch_norm_act(input, running_mean, running_var, weight=None, bias=None, training=False,
+//      momentum=0.1, eps=1e-5, activation="relu", negative_slope=0.01, *, backend="auto",
+//      sync=False, process_group=None, inplace=False)
+enum NormArg { kNormInput, kRunningMean, kRunningVar, kNormWeight, kNormBias, kTraining, kMomentum, kEps, kActivation,
+               kNormSlope, kNormBackend, kSync, kProcessGroup, kInplace, kNormArgs };
+constexpr std::array<const char*, kNormArgs> kNormNames = {
+    "input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps", "activation",
+    "negative_slope", "backend", "sync", "process_group", "inplace"};
+
+PyObject* batch_norm_act_fast_path(PyObject* state, const Arguments<kNormArgs>& args) {
+  PyObject* parameter_type = PyTuple_GET_ITEM(state, kParameterType);
+  if (args[kSync] != Py_False || args[kProcessGroup] != Py_None || args[kInplace] != Py_False ||
+      !plain_tensor(args[kNormInput], parameter_type) || !PyBool_Check(args[kTraining])) {
+    return nullptr;
+  }
+  for (int i : {kRunningMean, kRunningVar, kNormWeight, kNormBias}) {
+    if (args[i] != Py_None && !plain_tensor(args[i], parameter_type)) return nullptr;
+  }
+  double momentum, eps, slope;
+  if (!read_number(args[kMomentum], momentum) || !read_number(args[kEps], eps) ||
+      !read_number(args[kNormSlope], slope)) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  // ACTIVATIONS[activation]: its code, a borrowed int (nullptr for a name it lacks or an
+  // unhashable argument).
+  PyObject* act = PyDict_GetItemWithError(PyTuple_GET_ITEM(state, kActivations), args[kActivation]);
+  if (act == nullptr || !PyLong_CheckExact(act)) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  const int64_t act_code = PyLong_AsLongLong(act);
+  const bool training = args[kTraining] == Py_True;
+  const at::Tensor& input = THPVariable_Unpack(args[kNormInput]);
+  const std::optional<at::Tensor> running_mean = optional_tensor(args[kRunningMean]),
+                                  running_var = optional_tensor(args[kRunningVar]),
+                                  weight = optional_tensor(args[kNormWeight]), bias = optional_tensor(args[kNormBias]);
+  PyObject* stock_entry = nullptr;
+  const Route to = route(state, args[kNormBackend], input, stock_entry);
+  if (to == Route::kPython) return nullptr;
+  HANDLE_TH_ERRORS
+  if (to == Route::kStock) {
+    // _stock_batch_norm_act, where it calls torch.batch_norm: finite arguments the fused
+    // layer takes, more than one value per channel when training, and a layout stock's
+    // kernels read right (a contiguous input, or contiguous (C,) tensors).
+    bool layout_fits = input.is_contiguous();
+    if (!layout_fits && input.numel() > 0) {
+      layout_fits = true;
+      for (const auto* tensor : {&running_mean, &running_var, &weight, &bias}) {
+        layout_fits = layout_fits && (!*tensor || (*tensor)->is_contiguous());
+      }
+    }
+    if (!returns_true(PyTuple_GET_ITEM(state, kFunctionMode)) && eps >= 0.0 && eps < INFINITY &&
+        std::isfinite(slope) && std::isfinite(momentum) && input.dim() >= 2 &&
+        !(training && input.numel() == input.size(1)) && layout_fits) {
+      at::Tensor output;
+      bool normalized = false;
+      try {
+        pybind11::gil_scoped_release no_gil;
+        output = at::batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                                at::globalContext().userEnabledCuDNN());
+        normalized = true;
+        if (act_code == kRelu) output = at::relu(output);
+        if (act_code == kLeakyRelu) output = at::leaky_relu(output, slope);
+      } catch (const std::exception&) {
+        if (normalized) throw;  // else stock's error: the Python entry names it as every backend does
+      }
+      if (normalized) return THPVariable_Wrap(output);
+    }
+    PyErr_Clear();
+    PyObject* stock_args[] = {args[kNormInput], args[kNormWeight], args[kNormBias], args[kRunningMean],
+                              args[kRunningVar], Py_None, args[kTraining], args[kMomentum], args[kEps], act,
+                              args[kNormSlope]};
+    return PyObject_Vectorcall(stock_entry, stock_args, std::size(stock_args), nullptr);
+  }
+  if (input.numel() == 0 || blocked(PyTuple_GET_ITEM(state, kBlockers))) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  at::Tensor output;
+  {
+    pybind11::gil_scoped_release no_gil;
+    output = batch_norm_act(input, weight, bias, running_mean, running_var, std::nullopt, training, momentum, eps,
+                            act_code, slope);
+  }
+  return THPVariable_Wrap(output);
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* batch_norm_act_entry(PyObject* state, PyObject* const* args, Py_ssize_t n_positional, PyObject* kwnames) {
+  Arguments<kNormArgs> parsed{{}, PyTuple_GET_ITEM(state, kDefaults), kNormWeight};
+  if (parsed.parse(kNormNames, kNormBackend, args, n_positional, kwnames)) {
+    if (PyObject* result = batch_norm_act_fast_path(state, parsed)) return result;
+    if (PyErr_Occurred()) return nullptr;  // the fused op's own error
+  }
+  return PyObject_Vectorcall(PyTuple_GET_ITEM(state, kFallback), args, n_positional, kwnames);
+}
+
+// Each C function's name, text signature (inspect.signature reads it; it must equal the
+// Python path's) and defaults, by family.
+struct EntryKind {
+  const char* family;
+  const char* name;
+  const char* signature;
+  PyObject* (*function)(PyObject*, PyObject* const*, Py_ssize_t, PyObject*);  // METH_FASTCALL | METH_KEYWORDS
+};
+const std::array<EntryKind, 2> kEntryKinds = {{
+    {"bn_act", "batch_norm_act",
+     "(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-05, "
+     "activation='relu', negative_slope=0.01, *, backend='auto', sync=False, process_group=None, inplace=False)",
+     &batch_norm_act_entry},
+    {"conv_act", "conv2d_leaky_relu",
+     "(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, negative_slope=0.01, *, "
+     "backend='auto')",
+     &conv2d_leaky_relu_entry},
+}};
 
 }  // namespace
 
-// Adds batch_norm_act, conv2d_leaky_relu and make_conv2d_leaky_relu to `module`; returns -1
-// with a Python error set on failure (PyInit__C's convention).
+// Adds batch_norm_act, conv2d_leaky_relu and make_entry to `module`; returns -1 with a
+// Python error set on failure (PyInit__C's convention).
 int add_python_entries(PyObject* module) {
   try {
     auto m = pybind11::reinterpret_borrow<pybind11::module_>(module);
-    m.def("batch_norm_act", &batch_norm_act, "fusedgan::batch_norm_act without the dispatcher");
-    m.def("conv2d_leaky_relu", &conv2d_leaky_relu, "fusedgan::conv2d_leaky_relu without the dispatcher");
-    // make_conv2d_leaky_relu(fallback, eager_entry, blockers, parameter_type, module_name): the
-    // functional as a C function (above) over the Python path `fallback`.
-    m.def("make_conv2d_leaky_relu", [](pybind11::object fallback, pybind11::object eager_entry,
-                                       pybind11::tuple blockers, pybind11::object parameter_type,
-                                       pybind11::str module_name) {
-      pybind11::tuple state =
-          pybind11::make_tuple(fallback, eager_entry, blockers, parameter_type, "conv_act", "auto", "cpu", "cuda",
-                               pybind11::make_tuple(pybind11::none(), 1, 0, 1, 1, 0.01));
-      PyObject* function = PyCFunction_NewEx(&conv2d_leaky_relu_def, state.ptr(), module_name.ptr());
+    m.def("batch_norm_act", &batch_norm_act, "fusedgan::batch_norm_act without the dispatcher",
+          pybind11::call_guard<pybind11::gil_scoped_release>());
+    m.def("conv2d_leaky_relu", &conv2d_leaky_relu, "fusedgan::conv2d_leaky_relu without the dispatcher",
+          pybind11::call_guard<pybind11::gil_scoped_release>());
+    // make_entry(family, fallback, eager_entry, blockers, function_mode, parameter_type,
+    // activations, defaults, module_name, doc): the functional of `family` as a C function
+    // (above) over the Python path `fallback`, documented by `doc`.
+    m.def("make_entry", [](const std::string& family, pybind11::object fallback, pybind11::object eager_entry,
+                           pybind11::tuple blockers, pybind11::object function_mode, pybind11::object parameter_type,
+                           pybind11::dict activations, pybind11::tuple defaults, pybind11::str module_name,
+                           const std::string& doc) {
+      const EntryKind* kind = nullptr;
+      for (const auto& k : kEntryKinds) {
+        if (family == k.family) kind = &k;
+      }
+      if (kind == nullptr) throw pybind11::value_error("make_entry: no C function for family '" + family + "'");
+      pybind11::tuple state = pybind11::make_tuple(fallback, eager_entry, blockers, function_mode, parameter_type,
+                                                   activations, kind->family, "auto", "cpu", "cuda", defaults);
+      // A method definition must outlive its functions: these are made once per import (and
+      // a few times by the tests), so they are never freed.
+      auto* text = new std::string(std::string(kind->name) + kind->signature + "\n--\n\n" + doc);
+      auto* def = new PyMethodDef{kind->name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(kind->function)),
+                                  METH_FASTCALL | METH_KEYWORDS, text->c_str()};
+      PyObject* function = PyCFunction_NewEx(def, state.ptr(), module_name.ptr());
       if (function == nullptr) throw pybind11::error_already_set();
       return pybind11::reinterpret_steal<pybind11::object>(function);
     });

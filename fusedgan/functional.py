@@ -1,5 +1,6 @@
 """Functional API: argument checks, running statistics, and the call into autograd."""
 
+import inspect
 import math
 import numbers
 
@@ -93,9 +94,11 @@ _functorch_on = torch._C._are_functorch_transforms_active
 # inside a training loop than its own 0.4 us (cold code between oneDNN calls). The rare
 # call with autocast on for another device than the input's takes the checked Python path.
 _any_autocast = torch._C._is_any_autocast_enabled
-# What sends a C entry's call (_fast_conv2d_leaky_relu) to its Python path, each a
-# no-argument call that returns a true value when active, as in _entry_op.
-_EAGER_BLOCKERS = (_function_mode_on, _dispatch_modes, _functorch_on, _any_autocast)
+# What sends a C function's call on a C++ backend (_c_function) to its Python path, by op
+# family, each a no-argument call that returns a true value when active: _cpp_entry's
+# blockers, and for the convolution autocast (its Python path casts, as stock's conv2d).
+_EAGER_BLOCKERS = {"bn_act": (_function_mode_on, _dispatch_modes, _functorch_on),
+                   "conv_act": (_function_mode_on, _dispatch_modes, _functorch_on, _any_autocast)}
 
 
 def _entry_op(input, backend, family, *tensors):
@@ -335,10 +338,9 @@ def _pair(value, name):
 def conv2d_leaky_relu(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, negative_slope=0.01, *,
                       backend="auto"):
     """leaky_relu(conv2d(input, weight, bias), negative_slope) in one op (negative_slope=0 is
-    ReLU); the arguments of torch.nn.functional.conv2d, with zero padding.
-
-    This is the Python path; with _C loaded, the module's conv2d_leaky_relu is the C function
-    made below over it."""
+    ReLU); the arguments of torch.nn.functional.conv2d, with zero padding."""
+    # This is the Python path; with _C loaded, the module's conv2d_leaky_relu is the C
+    # function made over it at the end of this file (as is batch_norm_act).
     if not _is_compiling():
         try:  # _entry_op, inlined
             ops = eager_entry(backend, "conv_act", "cpu" if input.is_cpu else "cuda" if input.is_cuda else
@@ -462,17 +464,28 @@ def _stock_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, gro
 STOCK_ENTRIES = {"bn_act": _stock_batch_norm_act, "conv_act": _stock_conv2d_leaky_relu}
 
 
-def _fast_conv2d_leaky_relu(python_path):
-    """conv2d_leaky_relu: with _C loaded, a C function (csrc/python_entries.cpp) that calls
-    the fused op itself for a plain eager call on a C++ backend, as stock's F.conv2d is one C
-    call, and passes every other call, unchanged, to python_path (the checks, the errors, the
-    other backends); torch.compile traces python_path in its place. Without _C, python_path."""
+def _make_c_function(python_path, family, lookup=eager_entry):
+    """The C function (csrc/python_entries.cpp) for op `family`'s functional over its Python
+    path: a plain eager call it calls the fused op (or the "torch" backend's stock ops)
+    itself, as stock's functionals are C calls; every other call it passes, unchanged, to
+    python_path. It has python_path's signature (checked by the tests) and docstring, and
+    finds its backend's entries with `lookup` (eager_entry's arguments and results)."""
+    from fusedgan import _extension
+
+    defaults = tuple(p.default for p in inspect.signature(python_path).parameters.values()
+                     if p.default is not inspect.Parameter.empty)
+    return _extension._C.make_entry(family, python_path, lookup, _EAGER_BLOCKERS[family], _function_mode_on,
+                                    torch.nn.Parameter, ACTIVATIONS, defaults, __name__, python_path.__doc__ or "")
+
+
+def _c_function(python_path, family):
+    """The functional of op `family`: with _C loaded, _make_c_function's C function, which
+    torch.compile traces as python_path; without _C, python_path."""
     from fusedgan import _extension
 
     if _extension.ENTRY_OPS is None:
         return python_path
-    function = _extension._C.make_conv2d_leaky_relu(python_path, eager_entry, _EAGER_BLOCKERS, torch.nn.Parameter,
-                                                    __name__)
+    function = _make_c_function(python_path, family)
     try:
         torch.compiler.substitute_in_graph(function)(python_path)
     except (AttributeError, TypeError, ValueError):
@@ -482,5 +495,8 @@ def _fast_conv2d_leaky_relu(python_path):
     return function
 
 
-_conv2d_leaky_relu_python = conv2d_leaky_relu
-conv2d_leaky_relu = _fast_conv2d_leaky_relu(_conv2d_leaky_relu_python)
+# The functionals' Python paths, by op family; with _C loaded the module's functionals are
+# C functions over them.
+PYTHON_PATHS = {"bn_act": batch_norm_act, "conv_act": conv2d_leaky_relu}
+batch_norm_act = _c_function(PYTHON_PATHS["bn_act"], "bn_act")
+conv2d_leaky_relu = _c_function(PYTHON_PATHS["conv_act"], "conv_act")

@@ -2,7 +2,9 @@
 backend's custom ops, which share their schemas), and falling back when it cannot load."""
 
 import contextlib
+import functools
 import inspect
+import math
 import os
 import subprocess
 import sys
@@ -300,6 +302,66 @@ class _Marked(torch.Tensor):
     """A tensor subclass (with torch function handling, as a DTensor has)."""
 
 
+class _Recorded:
+    """A function that records its calls before calling `function`."""
+
+    def __init__(self, function):
+        self.function, self.calls = function, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.function(*args, **kwargs)
+
+
+def _c_function_with_spies(family):
+    """fusedgan.functional's C function for `family` over a recorded Python path, its
+    "torch" backend's stock entry recorded too: (function, python_path, stock_entry)."""
+    from fusedgan import functional as fn
+    from fusedgan._backends import eager_entry
+
+    python_path = functools.wraps(fn.PYTHON_PATHS[family])(_Recorded(fn.PYTHON_PATHS[family]))
+    stock_entry = _Recorded(fn.STOCK_ENTRIES[family])
+
+    def lookup(backend, family, device_type):
+        return (stock_entry, stock_entry) if backend == "torch" else eager_entry(backend, family, device_type)
+
+    return fn._make_c_function(python_path, family, lookup), python_path, stock_entry
+
+
+class _FunctionMode(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+_MODES = {"dispatch mode": _SeenOps, "torch function mode": _FunctionMode,
+          "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+
+
+def _assert_reaches_python_path(function, python_path, args, kwargs):
+    """function(*args, **kwargs) hands exactly its arguments to python_path (a _Recorded)."""
+    try:
+        function(*args, **kwargs)
+    except (TypeError, ValueError, RuntimeError):
+        pass
+    assert python_path.calls == [(args, kwargs)], (args, kwargs)
+    python_path.calls.clear()
+
+
+def _grads(y, inputs):
+    return torch.autograd.grad(y.square().sum(), inputs, retain_graph=True, allow_unused=True, materialize_grads=True)
+
+
+@needs_extension
+@pytest.mark.parametrize("family", ["bn_act", "conv_act"])
+def test_functionals_are_c_functions_with_the_python_paths_signature_and_doc(family):
+    from fusedgan import functional as fn
+
+    function, python_path = getattr(fn, fn.PYTHON_PATHS[family].__name__), fn.PYTHON_PATHS[family]
+    assert type(function) is type(len) and function.__name__ == python_path.__name__
+    assert inspect.signature(function) == inspect.signature(python_path)
+    assert function.__doc__ == python_path.__doc__ and function.__module__ == "fusedgan.functional"
+
+
 @needs_extension
 def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
     """fusedgan.functional.conv2d_leaky_relu is a C function (csrc/python_entries.cpp): a plain
@@ -307,17 +369,8 @@ def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
     bits; every other call reaches the Python path with exactly the arguments it was given
     (and so its checks and error messages)."""
     from fusedgan import functional as fn
-    from fusedgan._backends import eager_entry
 
-    assert inspect.signature(fn.conv2d_leaky_relu) == inspect.signature(fn._conv2d_leaky_relu_python)
-    calls = []
-
-    def python_path(*args, **kwargs):
-        calls.append((args, kwargs))
-        return fn._conv2d_leaky_relu_python(*args, **kwargs)
-
-    entry = _extension._C.make_conv2d_leaky_relu(python_path, eager_entry, fn._EAGER_BLOCKERS, torch.nn.Parameter,
-                                                 __name__)
+    entry, python_path, stock_entry = _c_function_with_spies("conv_act")
     x = torch.randn(2, 3, 6, 5, requires_grad=True)
     w, b = torch.nn.Parameter(torch.randn(4, 3, 3, 3)), torch.randn(4, requires_grad=True)
     plain = [((x, w, b), {}), ((x, w, b, 1, 1, 1, 1, 0.2), {}), ((x, w, None, (1, 2), [1, 0], 1, 1, 0), {}),
@@ -325,17 +378,11 @@ def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
              ((x, w), dict(groups=1, dilation=(2, 1), stride=[2, 2], negative_slope=3))]
     for args, kwargs in plain:
         y = entry(*args, **kwargs)
-        assert not calls, (args, kwargs)
-        expected = fn._conv2d_leaky_relu_python(*args, **kwargs)
+        assert not python_path.calls, (args, kwargs)
+        expected = fn.PYTHON_PATHS["conv_act"](*args, **kwargs)
         assert torch.equal(y, expected)
         assert torch.equal(torch.autograd.grad(y.sum(), (x, w))[0], torch.autograd.grad(expected.sum(), (x, w))[0])
 
-    class FunctionMode(torch.overrides.TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
-
-    modes = {"dispatch mode": _SeenOps, "torch function mode": FunctionMode,
-             "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
     # Another backend, subclasses, an empty batch, arguments of other types (a float stride,
     # a bool slope, a triple, an int beyond int64), unknown or missing arguments, too many.
     python_only = [((x, w, b), dict(backend="cuda-sim")),
@@ -345,48 +392,149 @@ def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
                    ((x, w), dict(negative_slope=-1.0, nope=1)), ((x,), {}), ((x, w, b, 1, 1, 1, 1, 0.2, "cpu"), {}),
                    ((x, w), dict(backend=("cpu",))), ((x, w), dict(weight=w))]
     for args, kwargs in python_only:
-        try:
-            entry(*args, **kwargs)
-        except (TypeError, ValueError, RuntimeError):
-            pass
-        assert calls == [(args, kwargs)], (args, kwargs)
-        calls.clear()
-    for name, mode in modes.items():
+        _assert_reaches_python_path(entry, python_path, args, kwargs)
+    for name, mode in _MODES.items():
         with mode():
             entry(x, w, b)
-        assert calls.pop() == ((x, w, b), {}), name
+        assert python_path.calls.pop() == ((x, w, b), {}), name
     with torch.no_grad():  # no mode: the C++ op, recording no graph
-        assert entry(x, w, b).grad_fn is None and not calls
-    # The "torch" backend: its stock composition, called with the arguments as given (no
-    # Python path): stock's bits, under a mode too; its errors those of every backend.
-    torch_calls = [(((x, w, b), dict(backend="torch")), F.leaky_relu(F.conv2d(x, w, b), 0.01)),
+        assert entry(x, w, b).grad_fn is None and not python_path.calls
+
+    # The "torch" backend: stock's ops called from C (its Python entry only under a torch
+    # function mode, which only Python calls meet, and for what that entry must decide):
+    # stock's bits and gradients, under a mode too; its errors those of every backend.
+    torch_calls = [(((x, w, b), dict(backend="torch")), lambda: F.leaky_relu(F.conv2d(x, w, b), 0.01)),
                    (((x, w), dict(stride=(1, 2), padding=[1, 0], negative_slope=0.2, backend="torch")),
-                    F.leaky_relu(F.conv2d(x, w, None, (1, 2), [1, 0]), 0.2))]
-    for (args, kwargs), expected in torch_calls:
-        for mode in (contextlib.nullcontext, _SeenOps):
+                    lambda: F.leaky_relu(F.conv2d(x, w, None, (1, 2), [1, 0]), 0.2))]
+    for (args, kwargs), stock in torch_calls:
+        for name, mode in {"none": contextlib.nullcontext, **_MODES}.items():
             with mode():
-                assert torch.equal(entry(*args, **kwargs), expected)
+                y, expected = entry(*args, **kwargs), stock()
+            assert y.dtype == (torch.bfloat16 if name == "autocast" else x.dtype) and torch.equal(y, expected), name
+            assert all(map(torch.equal, _grads(y, (x, w)), _grads(expected, (x, w)))), name
+            assert len(stock_entry.calls) == (name == "torch function mode"), name
+            stock_entry.calls.clear()
+    with _SeenOps() as mode:
+        entry(x, w, b, backend="torch")
+    assert {"aten.convolution", "aten.leaky_relu"} <= mode.seen, mode.seen
     with pytest.raises(ValueError, match="negative_slope must be >= 0"):
         entry(x, w, b, negative_slope=-1.0, backend="torch")
-    assert not calls
+    assert len(stock_entry.calls) == 1
+    with pytest.raises(ValueError, match="weight expects 6 input channels"):  # stock's conv2d raises first
+        entry(x, torch.randn(4, 6, 3, 3), backend="torch")
+    assert len(stock_entry.calls) == 2 and not python_path.calls
 
 
 @needs_extension
-def test_functional_conv_is_the_python_path_where_torch_compile_cannot_substitute_it(monkeypatch):
-    """Where torch.compiler.substitute_in_graph is missing or refuses, conv2d_leaky_relu is the
+def test_functional_batch_norm_is_one_c_call_unless_the_python_path_must_run():
+    """fusedgan.functional.batch_norm_act is a C function too, as conv2d_leaky_relu: a plain
+    eager call never reaches its Python path; on a C++ backend it gives the Python path's
+    bits and running statistics, on "torch" stock's (its ops called from C, second-order
+    gradients included); every other call reaches the Python path with its arguments as
+    given, or, for "torch", the stock entry the Python path would call."""
+    from fusedgan import functional as fn
+
+    entry, python_path, stock_entry = _c_function_with_spies("bn_act")
+    x = torch.randn(4, 3, 5, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.nn.Parameter(torch.rand(3, dtype=torch.float64) + 0.5)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def stats():
+        return torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+
+    def stock(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+              activation="relu", negative_slope=0.01, *, backend, sync=False, process_group=None, inplace=False):
+        z = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        return F.relu(z) if activation == "relu" else F.leaky_relu(z, negative_slope) if activation == "leaky_relu" \
+            else z
+
+    plain = [lambda f, rm, rv, backend: f(x, rm, rv, backend=backend),
+             lambda f, rm, rv, backend: f(x, rm, rv, w, b, True, backend=backend),
+             lambda f, rm, rv, backend: f(x, rm, rv, w, b, False, 0.3, 1e-3, "leaky_relu", 0.2, backend=backend),
+             lambda f, rm, rv, backend: f(input=x, running_mean=rm, running_var=rv, weight=w, training=True,
+                                          momentum=1, eps=1e-3, activation="identity", backend=backend, sync=False,
+                                          process_group=None, inplace=False),
+             lambda f, rm, rv, backend: f(x, None, None, None, b, True, negative_slope=2, backend=backend)]
+    for backend, reference in (("cpu", fn.PYTHON_PATHS["bn_act"]), ("torch", stock)):
+        for i, call in enumerate(plain):
+            # The C function and its reference from the same running statistics.
+            rm, rv = stats()
+            expected_rm, expected_rv = rm.clone(), rv.clone()
+            y, expected = call(entry, rm, rv, backend), call(reference, expected_rm, expected_rv, backend)
+            assert not python_path.calls and not stock_entry.calls, (backend, i)
+            assert torch.equal(y, expected) and torch.equal(rm, expected_rm) and torch.equal(rv, expected_rv), \
+                (backend, i)
+            assert all(map(torch.equal, _grads(y, (x, w, b)), _grads(expected, (x, w, b)))), (backend, i)
+    rm, rv = stats()
+    # Second order through the "torch" C path, against finite differences.
+    assert torch.autograd.gradgradcheck(lambda x, w, b: entry(x, rm, rv, w, b, True, 0.0, backend="torch"), (x, w, b))
+
+    # Another backend, modes, subclasses, an empty batch on a C++ backend, sync / inplace /
+    # process_group, arguments of other types (an int training flag, a tensor momentum, a
+    # string eps, an unknown or unhashable activation), unknown or missing arguments, too many.
+    python_only = [((x, rm, rv), dict(backend="cuda-sim")), ((x.as_subclass(_Marked), rm, rv), {}),
+                   ((x, rm, rv.as_subclass(_Marked)), {}), ((x, rm, rv, w.as_subclass(_Marked)), {}),
+                   ((torch.empty(0, 3, 5, 2, dtype=torch.float64), rm, rv), dict(backend="cpu")),
+                   ((x, rm, rv), dict(sync=True)), ((x, rm, rv), dict(inplace=True, activation="identity")),
+                   ((x, rm, rv), dict(process_group=object())), ((x, rm, rv, w, b, 1), {}),
+                   ((x, rm, rv, w, b, True, torch.tensor(0.5)), {}), ((x, rm, rv), dict(eps="1e-5")),
+                   ((x, rm, rv), dict(activation="gelu")), ((x, rm, rv), dict(activation=["relu"])),
+                   ((x, rm, rv), dict(nope=1)), ((x, rm), {}),
+                   ((x, rm, rv, w, b, True, 0.1, 1e-5, "relu", 0.01, "cpu"), {}),
+                   ((x, rm, rv), dict(backend=("cpu",))), ((x, rm, rv), dict(input=x))]
+    for backend in ("cpu", "torch"):
+        for args, kwargs in python_only:
+            _assert_reaches_python_path(entry, python_path, args, {"backend": backend, **kwargs})
+    for name, mode in _MODES.items():
+        if name != "autocast":  # (a fused BatchNorm takes its input's dtype under autocast, as stock's)
+            with mode():
+                entry(x, rm, rv, backend="cpu")
+            assert python_path.calls.pop() == ((x, rm, rv), dict(backend="cpu")), name
+    stock_entry.calls.clear()
+
+    # "torch": stock's ops from C under a dispatch mode (which sees them) and autocast; a torch
+    # function mode, and what the stock entry must decide (arguments the fused layers refuse,
+    # one value per channel, stock's own errors, a channels_last input with a strided
+    # weight), take its Python entry, which raises every backend's errors.
+    with _SeenOps() as mode:
+        assert torch.equal(entry(x, rm, rv, w, b, False, backend="torch"), F.relu(F.batch_norm(x, rm, rv, w, b)))
+    assert "aten.relu" in mode.seen and any("batch_norm" in op for op in mode.seen), mode.seen
+    assert not stock_entry.calls
+    with _FunctionMode():
+        assert torch.equal(entry(x, rm, rv, w, b, False, backend="torch"), F.relu(F.batch_norm(x, rm, rv, w, b)))
+    assert len(stock_entry.calls) == 1
+    stock_entry.calls.clear()
+    errors = [((x, rm, rv), dict(eps=-1.0), "eps must be >= 0"),
+              ((x, rm, rv), dict(negative_slope=math.inf, activation="leaky_relu"), "negative_slope must be a finite"),
+              ((x, rm, rv), dict(momentum=math.nan, training=True), "momentum must be a finite"),
+              ((x[:1, :, :1, :1], rm, rv), dict(training=True), "Expected more than 1 value per channel"),
+              ((x, rm[:2], rv), {}, r"running_mean must have shape \(3,\)"),
+              ((x[:, 0], rm, rv), {}, "must have shape")]
+    for args, kwargs, message in errors:
+        with pytest.raises(ValueError, match=message):
+            entry(*args, **kwargs, backend="torch")
+        assert len(stock_entry.calls) == 1, message
+        stock_entry.calls.clear()
+    strided = torch.randn(6, dtype=torch.float64)[::2]
+    x_nhwc = x.detach().to(memory_format=torch.channels_last)
+    y = entry(x_nhwc, rm, rv, strided, b, False, backend="torch")
+    assert len(stock_entry.calls) == 1 and not python_path.calls
+    assert torch.allclose(y, F.relu(F.batch_norm(x_nhwc, rm, rv, strided.contiguous(), b)))
+
+
+@needs_extension
+@pytest.mark.parametrize("family", ["bn_act", "conv_act"])
+def test_functional_is_the_python_path_where_torch_compile_cannot_substitute_it(monkeypatch, family):
+    """Where torch.compiler.substitute_in_graph is missing or refuses, the functional is the
     Python function itself (which torch.compile traces), not a C function it cannot."""
     from fusedgan import functional as fn
 
     def refuse(original, **kwargs):
         raise AttributeError("substitute_in_graph is not available")
 
-    def python_path(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, negative_slope=0.01, *,
-                    backend="auto"):
-        return fn._conv2d_leaky_relu_python(input, weight, bias, stride, padding, dilation, groups, negative_slope,
-                                            backend=backend)
-
+    python_path = functools.wraps(fn.PYTHON_PATHS[family])(lambda *args, **kwargs: None)
     monkeypatch.setattr(torch.compiler, "substitute_in_graph", refuse)
-    assert fn._fast_conv2d_leaky_relu(python_path) is python_path
+    assert fn._c_function(python_path, family) is python_path
     monkeypatch.undo()
-    entry = fn._fast_conv2d_leaky_relu(python_path)
+    entry = fn._c_function(python_path, family)
     assert entry is not python_path and inspect.signature(entry) == inspect.signature(python_path)
