@@ -94,11 +94,14 @@ _functorch_on = torch._C._are_functorch_transforms_active
 # inside a training loop than its own 0.4 us (cold code between oneDNN calls). The rare
 # call with autocast on for another device than the input's takes the checked Python path.
 _any_autocast = torch._C._is_any_autocast_enabled
-# What sends a C function's call on a C++ backend (_c_function) to its Python path, by op
-# family, each a no-argument call that returns a true value when active: _cpp_entry's
-# blockers, and for the convolution autocast (its Python path casts, as stock's conv2d).
-_EAGER_BLOCKERS = {"bn_act": (_function_mode_on, _dispatch_modes, _functorch_on),
-                   "conv_act": (_function_mode_on, _dispatch_modes, _functorch_on, _any_autocast)}
+# What sends a C function's calls (_c_function) to its Python path, each a no-argument call
+# that returns a true value when active: every call while torch.compile traces or a torch
+# function mode is on (which only Python calls meet); a call on a C++ backend also for the
+# rest of _cpp_entry's blockers, and for the convolution autocast (its Python path casts,
+# as stock's conv2d).
+_PYTHON_ONLY = (_is_compiling, _function_mode_on)
+_EAGER_BLOCKERS = {"bn_act": (_dispatch_modes, _functorch_on),
+                   "conv_act": (_dispatch_modes, _functorch_on, _any_autocast)}
 
 
 def _entry_op(input, backend, family, *tensors):
@@ -437,8 +440,8 @@ def _stock_batch_norm_act(input, weight, bias, running_mean, running_var, num_ba
     except Exception:  # stock's error, or a momentum that is not a number: the Python path names it
         pass
     if z is None:
-        return _checked_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                                       NAMES[act], negative_slope, "torch", False, None, False)
+        return _torch_checked_batch_norm_act(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                                             act, negative_slope)
     # _stock_activation's choice, inlined with the C functions: a Python call costs about a
     # microsecond here, between ATen calls.
     return torch.relu(z) if act == RELU else _leaky_relu(z, negative_slope) if act == LEAKY_RELU else z
@@ -456,26 +459,43 @@ def _stock_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, gro
     except Exception:  # stock's error, or an argument that is not a tensor: the Python path names it
         pass
     if z is None:
-        return _checked_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups, negative_slope,
-                                          "torch")
+        return _torch_checked_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups,
+                                                negative_slope)
     return _leaky_relu(z, negative_slope)
 
 
+def _torch_checked_batch_norm_act(input, weight, bias, running_mean, running_var, training, momentum, eps, act,
+                                  negative_slope):
+    """A "torch" entry's call that stock's ops refused or that the fused layers must check
+    first: the checked Python path, which raises every backend's error (or runs the
+    reference where stock's op cannot)."""
+    return _checked_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                                   NAMES[act], negative_slope, "torch", False, None, False)
+
+
+def _torch_checked_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups, negative_slope):
+    """As _torch_checked_batch_norm_act, for the convolution."""
+    return _checked_conv2d_leaky_relu(input, weight, bias, stride, padding, dilation, groups, negative_slope, "torch")
+
+
 STOCK_ENTRIES = {"bn_act": _stock_batch_norm_act, "conv_act": _stock_conv2d_leaky_relu}
+TORCH_CHECKED = {"bn_act": _torch_checked_batch_norm_act, "conv_act": _torch_checked_conv2d_leaky_relu}
 
 
-def _make_c_function(python_path, family, lookup=eager_entry):
+def _make_c_function(python_path, family, torch_checked=None):
     """The C function (csrc/python_entries.cpp) for op `family`'s functional over its Python
     path: a plain eager call it calls the fused op (or the "torch" backend's stock ops)
     itself, as stock's functionals are C calls; every other call it passes, unchanged, to
     python_path. It has python_path's signature (checked by the tests) and docstring, and
-    finds its backend's entries with `lookup` (eager_entry's arguments and results)."""
+    sends the "torch" calls its stock entry would check to `torch_checked` (default
+    TORCH_CHECKED[family])."""
     from fusedgan import _extension
 
     defaults = tuple(p.default for p in inspect.signature(python_path).parameters.values()
                      if p.default is not inspect.Parameter.empty)
-    return _extension._C.make_entry(family, python_path, lookup, _EAGER_BLOCKERS[family], _function_mode_on,
-                                    torch.nn.Parameter, ACTIVATIONS, defaults, __name__, python_path.__doc__ or "")
+    return _extension._C.make_entry(family, python_path, _PYTHON_ONLY, eager_entry, _EAGER_BLOCKERS[family],
+                                    torch_checked or TORCH_CHECKED[family], torch.nn.Parameter, ACTIVATIONS,
+                                    defaults, __name__, python_path.__doc__ or "")
 
 
 def _c_function(python_path, family):

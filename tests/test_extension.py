@@ -6,6 +6,7 @@ import functools
 import inspect
 import math
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -314,18 +315,13 @@ class _Recorded:
 
 
 def _c_function_with_spies(family):
-    """fusedgan.functional's C function for `family` over a recorded Python path, its
-    "torch" backend's stock entry recorded too: (function, python_path, stock_entry)."""
+    """fusedgan.functional's C function for `family` over a recorded Python path, the
+    "torch" backend's checked path recorded too: (function, python_path, torch_checked)."""
     from fusedgan import functional as fn
-    from fusedgan._backends import eager_entry
 
     python_path = functools.wraps(fn.PYTHON_PATHS[family])(_Recorded(fn.PYTHON_PATHS[family]))
-    stock_entry = _Recorded(fn.STOCK_ENTRIES[family])
-
-    def lookup(backend, family, device_type):
-        return (stock_entry, stock_entry) if backend == "torch" else eager_entry(backend, family, device_type)
-
-    return fn._make_c_function(python_path, family, lookup), python_path, stock_entry
+    torch_checked = _Recorded(fn.TORCH_CHECKED[family])
+    return fn._make_c_function(python_path, family, torch_checked), python_path, torch_checked
 
 
 class _FunctionMode(torch.overrides.TorchFunctionMode):
@@ -333,15 +329,29 @@ class _FunctionMode(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-_MODES = {"dispatch mode": _SeenOps, "torch function mode": _FunctionMode,
-          "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+class _SeenActivations(torch.utils._python_dispatch.TorchDispatchMode):
+    """A dispatch mode that records the activation ops it sees with their scalar arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "relu" in str(func):
+            self.seen.append((str(func), [(type(a), a) for a in args[1:]]))
+        return func(*args, **(kwargs or {}))
+
+
+def _modes(device):
+    return {"dispatch mode": _SeenOps, "torch function mode": _FunctionMode,
+            "autocast": lambda: torch.autocast(device, dtype=torch.bfloat16)}
 
 
 def _assert_reaches_python_path(function, python_path, args, kwargs):
     """function(*args, **kwargs) hands exactly its arguments to python_path (a _Recorded)."""
     try:
         function(*args, **kwargs)
-    except (TypeError, ValueError, RuntimeError):
+    except (TypeError, ValueError, RuntimeError, OverflowError):
         pass
     assert python_path.calls == [(args, kwargs)], (args, kwargs)
     python_path.calls.clear()
@@ -353,28 +363,37 @@ def _grads(y, inputs):
 
 @needs_extension
 @pytest.mark.parametrize("family", ["bn_act", "conv_act"])
-def test_functionals_are_c_functions_with_the_python_paths_signature_and_doc(family):
+def test_functionals_are_c_functions_that_read_as_the_python_paths(family):
+    """The C functionals carry their Python paths' signature and docstring, and pickle,
+    print and name themselves as module-level functions (pickled by reference)."""
     from fusedgan import functional as fn
 
-    function, python_path = getattr(fn, fn.PYTHON_PATHS[family].__name__), fn.PYTHON_PATHS[family]
-    assert type(function) is type(len) and function.__name__ == python_path.__name__
+    python_path = fn.PYTHON_PATHS[family]
+    function = getattr(fn, python_path.__name__)
+    assert type(function) is type(len) and function.__name__ == function.__qualname__ == python_path.__name__
     assert inspect.signature(function) == inspect.signature(python_path)
     assert function.__doc__ == python_path.__doc__ and function.__module__ == "fusedgan.functional"
+    assert repr(function) == f"<built-in function {python_path.__name__}>"
+    assert pickle.loads(pickle.dumps(function)) is function
+    assert pickle.loads(pickle.dumps(functools.partial(function, backend="torch"))).func is function
 
 
 @needs_extension
-def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
+@pytest.mark.parametrize("device", DEVICES)
+def test_functional_conv_is_one_c_call_unless_the_python_path_must_run(device):
     """fusedgan.functional.conv2d_leaky_relu is a C function (csrc/python_entries.cpp): a plain
     eager call on a C++ backend never reaches its Python path, and gives the Python path's
-    bits; every other call reaches the Python path with exactly the arguments it was given
-    (and so its checks and error messages)."""
+    bits; on "torch" it gives stock's bits, scalars and gradients; every other call reaches
+    the Python path with exactly the arguments it was given (and so its checks and error
+    messages), or for "torch", the checked path its stock entry would take."""
     from fusedgan import functional as fn
 
-    entry, python_path, stock_entry = _c_function_with_spies("conv_act")
-    x = torch.randn(2, 3, 6, 5, requires_grad=True)
-    w, b = torch.nn.Parameter(torch.randn(4, 3, 3, 3)), torch.randn(4, requires_grad=True)
+    entry, python_path, torch_checked = _c_function_with_spies("conv_act")
+    x = torch.randn(2, 3, 6, 5, device=device, requires_grad=True)
+    w = torch.nn.Parameter(torch.randn(4, 3, 3, 3, device=device))
+    b = torch.randn(4, device=device, requires_grad=True)
     plain = [((x, w, b), {}), ((x, w, b, 1, 1, 1, 1, 0.2), {}), ((x, w, None, (1, 2), [1, 0], 1, 1, 0), {}),
-             ((), dict(input=x, weight=w, bias=b, padding=1, negative_slope=0, backend="cpu")),
+             ((), dict(input=x, weight=w, bias=b, padding=1, negative_slope=0, backend="auto")),
              ((x, w), dict(groups=1, dilation=(2, 1), stride=[2, 2], negative_slope=3))]
     for args, kwargs in plain:
         y = entry(*args, **kwargs)
@@ -387,60 +406,69 @@ def test_functional_conv_is_one_c_call_unless_the_python_path_must_run():
     # a bool slope, a triple, an int beyond int64), unknown or missing arguments, too many.
     python_only = [((x, w, b), dict(backend="cuda-sim")),
                    ((x.as_subclass(_Marked), w), {}),
-                   ((x, w, b.as_subclass(_Marked)), {}), ((torch.empty(0, 3, 6, 5), w), {}), ((x, w, b, 1.0), {}),
+                   ((x, w, b.as_subclass(_Marked)), {}), ((x[:0], w), {}), ((x, w, b, 1.0), {}),
                    ((x, w, b, 1, 1, 1, 1, True), {}), ((x, w, b, (1, 1, 1)), {}), ((x, w), dict(groups=2**70)),
                    ((x, w), dict(negative_slope=-1.0, nope=1)), ((x,), {}), ((x, w, b, 1, 1, 1, 1, 0.2, "cpu"), {}),
-                   ((x, w), dict(backend=("cpu",))), ((x, w), dict(weight=w))]
+                   ((x, w), dict(backend=("cpu",))), ((x, w), dict(weight=w)),
+                   ((x, w), dict(negative_slope=2**64, backend="torch"))]
     for args, kwargs in python_only:
         _assert_reaches_python_path(entry, python_path, args, kwargs)
-    for name, mode in _MODES.items():
-        with mode():
-            entry(x, w, b)
-        assert python_path.calls.pop() == ((x, w, b), {}), name
+    for name, mode in _modes(device).items():
+        for backend in ("auto", "torch"):
+            with mode():
+                entry(x, w, b, backend=backend)
+            # A C++ backend's call under any of these, a "torch" call under a function mode.
+            assert python_path.calls == ([((x, w, b), dict(backend=backend))] if backend == "auto" or
+                                         name == "torch function mode" else []), (name, backend)
+            python_path.calls.clear()
     with torch.no_grad():  # no mode: the C++ op, recording no graph
         assert entry(x, w, b).grad_fn is None and not python_path.calls
 
-    # The "torch" backend: stock's ops called from C (its Python entry only under a torch
-    # function mode, which only Python calls meet, and for what that entry must decide):
-    # stock's bits and gradients, under a mode too; its errors those of every backend.
+    # The "torch" backend: stock's ops called from C: stock's bits and gradients, under a
+    # dispatch mode and autocast too, with stock's scalars (an int slope stays an int); its
+    # errors those of every backend, raised by the checked path.
     torch_calls = [(((x, w, b), dict(backend="torch")), lambda: F.leaky_relu(F.conv2d(x, w, b), 0.01)),
-                   (((x, w), dict(stride=(1, 2), padding=[1, 0], negative_slope=0.2, backend="torch")),
-                    lambda: F.leaky_relu(F.conv2d(x, w, None, (1, 2), [1, 0]), 0.2))]
+                   (((x, w), dict(stride=(1, 2), padding=[1, 0], negative_slope=0, backend="torch")),
+                    lambda: F.leaky_relu(F.conv2d(x, w, None, (1, 2), [1, 0]), 0))]
     for (args, kwargs), stock in torch_calls:
-        for name, mode in {"none": contextlib.nullcontext, **_MODES}.items():
-            with mode():
-                y, expected = entry(*args, **kwargs), stock()
+        for name, mode in {"none": contextlib.nullcontext, "dispatch mode": _SeenActivations,
+                           "autocast": _modes(device)["autocast"]}.items():
+            with mode() as seen:
+                y = entry(*args, **kwargs)
+            with mode() as stock_seen:
+                expected = stock()
             assert y.dtype == (torch.bfloat16 if name == "autocast" else x.dtype) and torch.equal(y, expected), name
             assert all(map(torch.equal, _grads(y, (x, w)), _grads(expected, (x, w)))), name
-            assert len(stock_entry.calls) == (name == "torch function mode"), name
-            stock_entry.calls.clear()
-    with _SeenOps() as mode:
-        entry(x, w, b, backend="torch")
-    assert {"aten.convolution", "aten.leaky_relu"} <= mode.seen, mode.seen
+            if isinstance(seen, _SeenActivations):
+                assert seen.seen == stock_seen.seen, (seen.seen, stock_seen.seen)
+    assert not torch_checked.calls and not python_path.calls
     with pytest.raises(ValueError, match="negative_slope must be >= 0"):
         entry(x, w, b, negative_slope=-1.0, backend="torch")
-    assert len(stock_entry.calls) == 1
+    assert len(torch_checked.calls) == 1
     with pytest.raises(ValueError, match="weight expects 6 input channels"):  # stock's conv2d raises first
-        entry(x, torch.randn(4, 6, 3, 3), backend="torch")
-    assert len(stock_entry.calls) == 2 and not python_path.calls
+        entry(x, torch.randn(4, 6, 3, 3, device=device), backend="torch")
+    assert len(torch_checked.calls) == 2 and not python_path.calls
 
 
 @needs_extension
-def test_functional_batch_norm_is_one_c_call_unless_the_python_path_must_run():
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_functional_batch_norm_is_one_c_call_unless_the_python_path_must_run(device):
     """fusedgan.functional.batch_norm_act is a C function too, as conv2d_leaky_relu: a plain
     eager call never reaches its Python path; on a C++ backend it gives the Python path's
     bits and running statistics, on "torch" stock's (its ops called from C, second-order
     gradients included); every other call reaches the Python path with its arguments as
-    given, or, for "torch", the stock entry the Python path would call."""
+    given, or, for "torch", the checked path its stock entry would take."""
     from fusedgan import functional as fn
 
-    entry, python_path, stock_entry = _c_function_with_spies("bn_act")
-    x = torch.randn(4, 3, 5, 2, dtype=torch.float64, requires_grad=True)
-    w = torch.nn.Parameter(torch.rand(3, dtype=torch.float64) + 0.5)
-    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    entry, python_path, torch_checked = _c_function_with_spies("bn_act")
+    options = dict(device=device, dtype=torch.float64)
+    x = torch.randn(4, 3, 5, 2, **options, requires_grad=True)
+    w = torch.nn.Parameter(torch.rand(3, **options) + 0.5)
+    b = torch.randn(3, **options, requires_grad=True)
 
     def stats():
-        return torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+        return torch.randn(3, **options), torch.rand(3, **options) + 0.5
 
     def stock(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
               activation="relu", negative_slope=0.01, *, backend, sync=False, process_group=None, inplace=False):
@@ -448,77 +476,90 @@ def test_functional_batch_norm_is_one_c_call_unless_the_python_path_must_run():
         return F.relu(z) if activation == "relu" else F.leaky_relu(z, negative_slope) if activation == "leaky_relu" \
             else z
 
+    x_nhwc = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     plain = [lambda f, rm, rv, backend: f(x, rm, rv, backend=backend),
              lambda f, rm, rv, backend: f(x, rm, rv, w, b, True, backend=backend),
              lambda f, rm, rv, backend: f(x, rm, rv, w, b, False, 0.3, 1e-3, "leaky_relu", 0.2, backend=backend),
              lambda f, rm, rv, backend: f(input=x, running_mean=rm, running_var=rv, weight=w, training=True,
                                           momentum=1, eps=1e-3, activation="identity", backend=backend, sync=False,
                                           process_group=None, inplace=False),
-             lambda f, rm, rv, backend: f(x, None, None, None, b, True, negative_slope=2, backend=backend)]
-    for backend, reference in (("cpu", fn.PYTHON_PATHS["bn_act"]), ("torch", stock)):
+             lambda f, rm, rv, backend: f(x, None, None, None, b, True, negative_slope=2, backend=backend),
+             lambda f, rm, rv, backend: f(x_nhwc, rm, rv, w, b, True, 0.1, 1e-5, "leaky_relu", 0, backend=backend)]
+    for backend, reference in (("auto", fn.PYTHON_PATHS["bn_act"]), ("torch", stock)):
         for i, call in enumerate(plain):
             # The C function and its reference from the same running statistics.
             rm, rv = stats()
             expected_rm, expected_rv = rm.clone(), rv.clone()
-            y, expected = call(entry, rm, rv, backend), call(reference, expected_rm, expected_rv, backend)
-            assert not python_path.calls and not stock_entry.calls, (backend, i)
+            # (A dispatch mode sends a C++ backend's call to the Python path: "torch" only.)
+            mode = _SeenActivations if backend == "torch" else contextlib.nullcontext
+            with mode() as seen:
+                y = call(entry, rm, rv, backend)
+            with mode() as expected_seen:
+                expected = call(reference, expected_rm, expected_rv, backend)
+            assert not python_path.calls and not torch_checked.calls, (backend, i)
             assert torch.equal(y, expected) and torch.equal(rm, expected_rm) and torch.equal(rv, expected_rv), \
                 (backend, i)
-            assert all(map(torch.equal, _grads(y, (x, w, b)), _grads(expected, (x, w, b)))), (backend, i)
-    rm, rv = stats()
+            inputs = (x_nhwc if i == len(plain) - 1 else x, w, b)
+            assert all(map(torch.equal, _grads(y, inputs), _grads(expected, inputs))), (backend, i)
+            if backend == "torch":  # stock's ops with stock's scalars (an int slope stays an int)
+                assert seen.seen == expected_seen.seen, (i, seen.seen, expected_seen.seen)
     # Second order through the "torch" C path, against finite differences.
+    rm, rv = stats()
     assert torch.autograd.gradgradcheck(lambda x, w, b: entry(x, rm, rv, w, b, True, 0.0, backend="torch"), (x, w, b))
 
-    # Another backend, modes, subclasses, an empty batch on a C++ backend, sync / inplace /
+    # Another backend, subclasses, an empty batch on a C++ backend, sync / inplace /
     # process_group, arguments of other types (an int training flag, a tensor momentum, a
-    # string eps, an unknown or unhashable activation), unknown or missing arguments, too many.
+    # string eps, an unknown or unhashable activation, an int slope beyond int64), unknown or
+    # missing arguments, too many.
     python_only = [((x, rm, rv), dict(backend="cuda-sim")), ((x.as_subclass(_Marked), rm, rv), {}),
                    ((x, rm, rv.as_subclass(_Marked)), {}), ((x, rm, rv, w.as_subclass(_Marked)), {}),
-                   ((torch.empty(0, 3, 5, 2, dtype=torch.float64), rm, rv), dict(backend="cpu")),
+                   ((x[:0], rm, rv), dict(backend="auto")),
                    ((x, rm, rv), dict(sync=True)), ((x, rm, rv), dict(inplace=True, activation="identity")),
                    ((x, rm, rv), dict(process_group=object())), ((x, rm, rv, w, b, 1), {}),
                    ((x, rm, rv, w, b, True, torch.tensor(0.5)), {}), ((x, rm, rv), dict(eps="1e-5")),
                    ((x, rm, rv), dict(activation="gelu")), ((x, rm, rv), dict(activation=["relu"])),
+                   ((x, rm, rv), dict(activation="leaky_relu", negative_slope=2**64)),
                    ((x, rm, rv), dict(nope=1)), ((x, rm), {}),
                    ((x, rm, rv, w, b, True, 0.1, 1e-5, "relu", 0.01, "cpu"), {}),
                    ((x, rm, rv), dict(backend=("cpu",))), ((x, rm, rv), dict(input=x))]
-    for backend in ("cpu", "torch"):
+    for backend in ("auto", "torch"):
         for args, kwargs in python_only:
             _assert_reaches_python_path(entry, python_path, args, {"backend": backend, **kwargs})
-    for name, mode in _MODES.items():
-        if name != "autocast":  # (a fused BatchNorm takes its input's dtype under autocast, as stock's)
+    for name, mode in _modes(device).items():
+        for backend in ("auto", "torch"):
+            if name == "autocast" and backend == "auto":
+                continue  # (a C++ BatchNorm takes its input's dtype under autocast, as stock's: no blocker)
             with mode():
-                entry(x, rm, rv, backend="cpu")
-            assert python_path.calls.pop() == ((x, rm, rv), dict(backend="cpu")), name
-    stock_entry.calls.clear()
+                entry(x, rm, rv, backend=backend)
+            # A C++ backend's call under a dispatch or function mode, a "torch" call under a
+            # function mode.
+            assert python_path.calls == ([((x, rm, rv), dict(backend=backend))] if backend == "auto" or
+                                         name == "torch function mode" else []), (name, backend)
+            python_path.calls.clear()
+    assert not torch_checked.calls
 
-    # "torch": stock's ops from C under a dispatch mode (which sees them) and autocast; a torch
-    # function mode, and what the stock entry must decide (arguments the fused layers refuse,
-    # one value per channel, stock's own errors, a channels_last input with a strided
-    # weight), take its Python entry, which raises every backend's errors.
+    # "torch": what the stock entry must decide (arguments the fused layers refuse, one value
+    # per channel, stock's own errors, a layout stock's kernels misread) goes to the checked
+    # path, which raises every backend's errors, or runs the reference.
     with _SeenOps() as mode:
-        assert torch.equal(entry(x, rm, rv, w, b, False, backend="torch"), F.relu(F.batch_norm(x, rm, rv, w, b)))
+        entry(x, rm, rv, w, b, False, backend="torch")
     assert "aten.relu" in mode.seen and any("batch_norm" in op for op in mode.seen), mode.seen
-    assert not stock_entry.calls
-    with _FunctionMode():
-        assert torch.equal(entry(x, rm, rv, w, b, False, backend="torch"), F.relu(F.batch_norm(x, rm, rv, w, b)))
-    assert len(stock_entry.calls) == 1
-    stock_entry.calls.clear()
+    sparse = torch.randn(4, 3, **options).to_sparse_csr()
     errors = [((x, rm, rv), dict(eps=-1.0), "eps must be >= 0"),
               ((x, rm, rv), dict(negative_slope=math.inf, activation="leaky_relu"), "negative_slope must be a finite"),
               ((x, rm, rv), dict(momentum=math.nan, training=True), "momentum must be a finite"),
               ((x[:1, :, :1, :1], rm, rv), dict(training=True), "Expected more than 1 value per channel"),
               ((x, rm[:2], rv), {}, r"running_mean must have shape \(3,\)"),
-              ((x[:, 0], rm, rv), {}, "must have shape")]
+              ((x[:, 0], rm, rv), {}, "must have shape"),
+              ((sparse, None, None), dict(training=True, eps=-1.0), "eps must be >= 0")]
     for args, kwargs, message in errors:
         with pytest.raises(ValueError, match=message):
             entry(*args, **kwargs, backend="torch")
-        assert len(stock_entry.calls) == 1, message
-        stock_entry.calls.clear()
-    strided = torch.randn(6, dtype=torch.float64)[::2]
-    x_nhwc = x.detach().to(memory_format=torch.channels_last)
+        assert len(torch_checked.calls) == 1, message
+        torch_checked.calls.clear()
+    strided = torch.randn(6, **options)[::2]
     y = entry(x_nhwc, rm, rv, strided, b, False, backend="torch")
-    assert len(stock_entry.calls) == 1 and not python_path.calls
+    assert len(torch_checked.calls) == 1 and not python_path.calls
     assert torch.allclose(y, F.relu(F.batch_norm(x_nhwc, rm, rv, strided.contiguous(), b)))
 
 
