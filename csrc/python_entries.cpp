@@ -360,9 +360,9 @@ PyObject* batch_norm_act_fast_path(PyObject* state, const Arguments<kNormArgs>& 
   END_HANDLE_TH_ERRORS
 }
 
-// The C function of a family: its name, its text signature (inspect.signature reads it; the
-// tests check it equals the Python path's), its arguments and how many are required or
-// positional, and its fast path.
+// A C function's body: every call to the Python path while a kPythonOnly callable is
+// active, else its arguments parsed (names, how many are required or positional) and its
+// fast path tried, and the Python path for whatever the fast path does not take.
 template <size_t N, PyObject* (*fast_path)(PyObject*, const Arguments<N>&)>
 PyObject* entry(PyObject* holder, PyObject* const* args, Py_ssize_t n_positional, PyObject* kwnames,
                 const std::array<const char*, N>& names, size_t first_optional, size_t max_positional) {
@@ -390,6 +390,8 @@ PyObject* conv2d_leaky_relu_entry(PyObject* holder, PyObject* const* args, Py_ss
   return entry<kConvArgs, conv2d_leaky_relu_fast_path>(holder, args, n, kwnames, kConvNames, kConvBias, kConvBackend);
 }
 
+// The C function of a family: its name, its text signature (inspect.signature reads it; the
+// tests check it equals the Python path's), how many defaults it has, and its body.
 struct EntryKind {
   const char* family;
   const char* name;
